@@ -1,0 +1,20 @@
+"""tfembsize: embedding-size search and compressed export for TensorFlow/Keras recommenders.
+
+Keras comes from `tfembsize._keras` (Keras 3, or tf-keras under ``TF_USE_LEGACY_KERAS=1``).
+"""
+
+from tfembsize import layers
+from tfembsize.budget import Budget
+from tfembsize.errors import BudgetExceededError, BudgetInfeasibleError
+from tfembsize.plan import SizePlan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Budget",
+    "BudgetExceededError",
+    "BudgetInfeasibleError",
+    "SizePlan",
+    "layers",
+    "__version__",
+]

@@ -1,0 +1,83 @@
+"""Helpers shared by the searchable layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["find_searchable_layers", "check_ids_in_range", "validate_dim", "iter_layers"]
+
+
+def validate_dim(name: str, value: Any) -> int:
+    """Checks that ``value`` is a positive Python/numpy integer and returns it as int."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {name}={value!r} "
+            f"(of type {type(value).__name__})."
+        )
+    return int(value)
+
+
+def check_ids_in_range(ids: tf.Tensor, input_dim: int, layer_name: str) -> tf.Tensor:
+    """Returns ``ids`` with a run-time check that every id lies in ``[0, input_dim)``.
+
+    On GPU an out-of-range gather silently returns zeros, so the check is explicit. The
+    error names the layer, one offending id and ``input_dim``. Under XLA the check compiles
+    to nothing (tf2xla drops ``Assert``), so compiled serving functions validate ids before
+    the compiled region.
+    """
+    if ids.shape.num_elements() == 0:
+        return ids
+    lo = tf.reduce_min(ids)
+    hi = tf.reduce_max(ids)
+    ok = tf.logical_and(lo >= 0, hi < tf.cast(input_dim, ids.dtype))
+    bad = tf.where(hi >= tf.cast(input_dim, ids.dtype), hi, lo)
+    assert_op = tf.debugging.Assert(
+        ok,
+        [
+            f"Layer '{layer_name}': ids must be in [0, input_dim={input_dim}). Received id",
+            bad,
+        ],
+        summarize=1,
+        name="check_ids_in_range",
+    )
+    with tf.control_dependencies([assert_op]):
+        return tf.identity(ids)
+
+
+def iter_layers(model: Any) -> list:
+    """All layers nested in ``model`` (recursively), without the model itself, deduplicated."""
+    if hasattr(model, "_flatten_layers"):
+        layers = list(model._flatten_layers(include_self=False, recursive=True))
+    else:
+        layers = list(getattr(model, "layers", []))
+    seen: set[int] = set()
+    out = []
+    for layer in layers:
+        if id(layer) not in seen:
+            seen.add(id(layer))
+            out.append(layer)
+    return out
+
+
+def find_searchable_layers(model: Any) -> dict:
+    """Maps layer name to layer for every searchable embedding layer nested in ``model``.
+
+    A searchable layer exposes ``sizes``, ``assign_sizes`` and ``usable_params``.
+
+    Raises:
+        ValueError: two searchable layers share a name.
+    """
+    found: dict = {}
+    candidates = [model, *iter_layers(model)]
+    for layer in candidates:
+        if getattr(layer, "_tfembsize_searchable", False):
+            name = layer.name
+            if name in found and found[name] is not layer:
+                raise ValueError(
+                    f"Two searchable layers are named {name!r}; give them distinct names."
+                )
+            found[name] = layer
+    return found

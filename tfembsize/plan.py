@@ -1,0 +1,326 @@
+"""SizePlan: per-row embedding sizes for the tables of a model."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from tfembsize.budget import Budget, water_fill_down, water_fill_up
+from tfembsize.errors import BudgetInfeasibleError
+
+__all__ = ["SizePlan"]
+
+_FORMAT = "tfembsize.SizePlan"
+
+
+def _as_sizes(name: str, values: Any) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(
+            f"SizePlan: sizes for {name!r} must be a 1-D vector. Received shape {arr.shape}."
+        )
+    if arr.dtype.kind not in "iu":
+        if arr.size == 0:
+            arr = arr.astype(np.int32)
+        else:
+            raise TypeError(
+                f"SizePlan: sizes for {name!r} must be integers. Received dtype {arr.dtype}."
+            )
+    if arr.size and (arr.min() < np.iinfo(np.int32).min or arr.max() > np.iinfo(np.int32).max):
+        raise ValueError(f"SizePlan: sizes for {name!r} do not fit in int32.")
+    out = arr.astype(np.int32, copy=True)
+    out.flags.writeable = False
+    return out
+
+
+class SizePlan(Mapping):
+    """Maps embedding-layer names to int32 vectors of per-row sizes.
+
+    A plan is what a controller decides and what a searchable layer applies: row ``n`` of
+    layer ``name`` keeps its first ``plan[name][n]`` coordinates. A plan is immutable; its
+    methods return new plans.
+
+    Args:
+        tables: mapping of layer name to a 1-D integer array of sizes (one per row).
+
+    Example:
+        >>> plan = SizePlan({"user_embedding": [4, 2], "item_embedding": [1, 1, 8]})
+        >>> plan.total_params()
+        16
+    """
+
+    def __init__(self, tables: Mapping[str, Any]) -> None:
+        if not isinstance(tables, Mapping):
+            raise TypeError(
+                f"SizePlan takes a mapping of layer name to sizes. Received {type(tables)!r}."
+            )
+        self._tables: dict[str, np.ndarray] = {}
+        for name, values in tables.items():
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"SizePlan: layer names must be non-empty strings: {name!r}")
+            self._tables[name] = _as_sizes(name, values)
+
+    # Mapping protocol -------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._tables[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tables)
+
+    def __len__(self) -> int:
+        return len(self._tables)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SizePlan):
+            return NotImplemented
+        return self.keys() == other.keys() and all(
+            np.array_equal(self[k], other[k]) for k in self
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        parts = ", ".join(
+            f"{k}: {len(v)} rows, {int(v.sum())} params" for k, v in self._tables.items()
+        )
+        return f"SizePlan({parts})"
+
+    # Accounting -------------------------------------------------------------------------------
+    def num_rows(self) -> int:
+        """Total rows over all tables."""
+        return int(sum(v.size for v in self._tables.values()))
+
+    def total_params(self) -> int:
+        """Usable parameters: the sum of every size."""
+        return int(sum(int(v.sum(dtype=np.int64)) for v in self._tables.values()))
+
+    def check(self, budget: Budget, *, min_size: int = 1) -> None:
+        """Raises if the plan breaks the budget or the bounds ``min_size <= d <= d_max``.
+
+        Raises:
+            BudgetExceededError: usable parameters exceed ``budget.max_params_for(rows)``;
+                the message names the excess.
+            ValueError: a size lies outside ``[min_size, budget.d_max]``.
+        """
+        self._check_bounds(min_size, budget.d_max)
+        budget.check_total(self.total_params(), self.num_rows(), what="size plan")
+
+    def fits(self, budget: Budget, *, min_size: int = 1) -> bool:
+        """True when `check` would pass."""
+        try:
+            self.check(budget, min_size=min_size)
+        except ValueError:
+            return False
+        return True
+
+    def _check_bounds(self, min_size: int, d_max: int) -> None:
+        for name, v in self._tables.items():
+            if v.size and (v.min() < min_size or v.max() > d_max):
+                bad = int(v.min()) if v.min() < min_size else int(v.max())
+                row = int(np.flatnonzero(v == bad)[0])
+                raise ValueError(
+                    f"SizePlan: sizes of {name!r} must lie in [{min_size}, {d_max}]. Received "
+                    f"size {bad} at row {row}."
+                )
+
+    # Repair -----------------------------------------------------------------------------------
+    def repair(
+        self,
+        budget: Budget,
+        priority: Mapping[str, Any] | None = None,
+        *,
+        min_size: int = 1,
+    ) -> SizePlan:
+        """Returns a plan that satisfies ``budget`` and ``min_size <= d <= budget.d_max``.
+
+        A plan that already satisfies both is returned unchanged. Otherwise sizes are first
+        clipped into the bounds; if the total is still over the budget, parameters are cut from
+        the lowest-priority rows first (each down to ``min_size`` before the next row is
+        touched); then any budget left unused is handed back to the highest-priority rows
+        (each up to ``d_max``) until the budget is exhausted or every row is full.
+
+        Args:
+            budget: the budget, spanning every table of the plan.
+            priority: optional mapping of layer name to one number per row (higher is more
+                important, e.g. frequencies). ``None`` treats all rows alike: the largest
+                rows are cut first and the smallest rows are refilled first (ties by order).
+            min_size: smallest size a row may get.
+
+        Returns:
+            A new `SizePlan` with the same names and lengths.
+
+        Raises:
+            BudgetInfeasibleError: even ``min_size`` for every row exceeds the budget.
+        """
+        d_max = budget.d_max
+        if not 1 <= min_size <= d_max:
+            raise ValueError(f"`min_size` must be in [1, {d_max}]. Received: min_size={min_size}")
+        if self.fits(budget, min_size=min_size):
+            return self
+        names = list(self._tables)
+        lengths = [self._tables[n].size for n in names]
+        limit = budget.max_params_for(self.num_rows())
+        if min_size * self.num_rows() > limit:
+            raise BudgetInfeasibleError(
+                f"min_size={min_size} for all {self.num_rows()} rows needs "
+                f"{min_size * self.num_rows()} parameters, more than the budget of {limit} "
+                f"({budget.describe()})."
+            )
+        flat = np.concatenate([self._tables[n].astype(np.int64) for n in names] or [[]])
+        flat = np.clip(flat, min_size, d_max).astype(np.int64)
+        if priority is None:
+            excess = int(flat.sum()) - limit
+            if excess > 0:
+                flat = water_fill_down(flat, excess, min_size)
+            flat = water_fill_up(flat, limit - int(flat.sum()), d_max)
+        else:
+            prio = self._flat_priority(priority, names, lengths)
+            flat = _cut_by_priority(flat, prio, limit, min_size)
+            flat = _fill_by_priority(flat, prio, limit, d_max)
+        out: dict[str, np.ndarray] = {}
+        start = 0
+        for name, n in zip(names, lengths, strict=True):
+            out[name] = flat[start : start + n]
+            start += n
+        plan = SizePlan(out)
+        plan.check(budget, min_size=min_size)  # the guarantee, asserted
+        return plan
+
+    def _flat_priority(
+        self, priority: Mapping[str, Any], names: list[str], lengths: list[int]
+    ) -> np.ndarray:
+        parts = []
+        for name, n in zip(names, lengths, strict=True):
+            if name not in priority:
+                raise KeyError(f"`priority` has no entry for layer {name!r}.")
+            p = np.asarray(priority[name], dtype=np.float64)
+            if p.shape != (n,):
+                raise ValueError(
+                    f"`priority[{name!r}]` must have shape ({n},). Received shape {p.shape}."
+                )
+            if not np.all(np.isfinite(p)):
+                raise ValueError(f"`priority[{name!r}]` contains NaN or infinite values.")
+            parts.append(p)
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    # Persistence ------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """JSON-serialisable form."""
+        return {
+            "format": _FORMAT,
+            "version": 1,
+            "tables": {k: v.tolist() for k, v in self._tables.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SizePlan:
+        """Inverse of `to_dict`."""
+        if d.get("format") != _FORMAT:
+            raise ValueError(f"Not a serialised SizePlan (format={d.get('format')!r}).")
+        return cls(d["tables"])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the plan as JSON (``.json``) or numpy ``.npz`` (never pickle), atomically."""
+        path = os.fspath(path)
+        kind = _kind(path)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        if kind == "json":
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self.to_dict(), f)
+        else:
+            with open(tmp, "wb") as f:
+                np.savez(f, **{f"table:{k}": v for k, v in self._tables.items()})
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SizePlan:
+        """Reads a plan written by `save`."""
+        path = os.fspath(path)
+        if _kind(path) == "json":
+            with open(path, encoding="utf-8") as f:
+                return cls.from_dict(json.load(f))
+        with np.load(path, allow_pickle=False) as z:
+            tables = {k[len("table:") :]: z[k] for k in z.files if k.startswith("table:")}
+            if len(tables) != len(z.files):
+                raise ValueError(f"{path} is not a SizePlan .npz file.")
+            return cls(tables)
+
+    # Models -----------------------------------------------------------------------------------
+    def apply(self, model: Any) -> None:
+        """Assigns the sizes to the model's searchable layers, matched by layer name.
+
+        Raises:
+            KeyError: a name of the plan is not a searchable layer of ``model``.
+            ValueError: a size vector's length differs from the layer's ``input_dim``.
+        """
+        from tfembsize.layers.utils import find_searchable_layers
+
+        layers = find_searchable_layers(model)
+        missing = [n for n in self._tables if n not in layers]
+        if missing:
+            raise KeyError(
+                f"SizePlan names {missing} are not searchable layers of the model; it has "
+                f"{sorted(layers)}."
+            )
+        for name, sizes in self._tables.items():
+            if sizes.size != layers[name].input_dim:
+                raise ValueError(
+                    f"SizePlan: {name!r} has {sizes.size} sizes but the layer has input_dim="
+                    f"{layers[name].input_dim}."
+                )
+        for name, sizes in self._tables.items():
+            layers[name].assign_sizes(sizes)
+
+    @classmethod
+    def from_model(cls, model: Any) -> SizePlan:
+        """The current sizes of every searchable layer of ``model``."""
+        from tfembsize.layers.utils import find_searchable_layers
+
+        return cls({n: layer.sizes for n, layer in find_searchable_layers(model).items()})
+
+
+def _kind(path: str) -> str:
+    if path.endswith(".json"):
+        return "json"
+    if path.endswith(".npz"):
+        return "npz"
+    raise ValueError(f"SizePlan files end in .json or .npz. Received path={path!r}")
+
+
+def _cut_by_priority(flat: np.ndarray, prio: np.ndarray, limit: int, floor: int) -> np.ndarray:
+    excess = int(flat.sum()) - limit
+    if excess <= 0:
+        return flat
+    order = np.lexsort((np.arange(flat.size), prio))  # lowest priority first, then index
+    room = flat[order] - floor
+    cum = np.cumsum(room)
+    k = int(np.searchsorted(cum, excess))  # rows order[:k] go to floor, row order[k] partially
+    out = flat.copy()
+    out[order[:k]] = floor
+    before = int(cum[k - 1]) if k > 0 else 0
+    out[order[k]] -= excess - before
+    return out
+
+
+def _fill_by_priority(flat: np.ndarray, prio: np.ndarray, limit: int, ceil: int) -> np.ndarray:
+    spare = limit - int(flat.sum())
+    if spare <= 0:
+        return flat
+    order = np.lexsort((np.arange(flat.size), -prio))  # highest priority first, then index
+    room = ceil - flat[order]
+    cum = np.cumsum(room)
+    out = flat.copy()
+    if cum.size == 0:
+        return out
+    k = int(np.searchsorted(cum, spare))
+    if k >= flat.size:
+        out[:] = ceil
+        return out
+    out[order[:k]] = ceil
+    before = int(cum[k - 1]) if k > 0 else 0
+    out[order[k]] += spare - before
+    return out
