@@ -1,0 +1,46 @@
+"""Search: the environment protocol, `KerasEnvironment`, typed records and the resumable loop.
+
+Example:
+    >>> import tfembsize as tes  # doctest: +SKIP
+    >>> env = tes.search.KerasEnvironment(build_model, split, evaluator)  # doctest: +SKIP
+    >>> result = tes.search.run(controller, env, "runs/bet")  # doctest: +SKIP
+    >>> result.best_plan.apply(env.model)  # doctest: +SKIP
+"""
+
+from tfembsize.search.callbacks import (
+    LoggingCallback,
+    ProgbarCallback,
+    SearchCallback,
+    TensorBoardCallback,
+)
+from tfembsize.search.environment import (
+    Environment,
+    KerasEnvironment,
+    StatefulEnvironment,
+    feedback_from_ranking,
+    infer_tables,
+    model_scorer,
+)
+from tfembsize.search.loop import SearchResult, load_history, run, step_score
+from tfembsize.search.records import MODES, Feedback, Observation, StepRecord
+
+__all__ = [
+    "Environment",
+    "StatefulEnvironment",
+    "KerasEnvironment",
+    "Feedback",
+    "Observation",
+    "StepRecord",
+    "MODES",
+    "SearchResult",
+    "SearchCallback",
+    "ProgbarCallback",
+    "TensorBoardCallback",
+    "LoggingCallback",
+    "run",
+    "load_history",
+    "step_score",
+    "feedback_from_ranking",
+    "infer_tables",
+    "model_scorer",
+]

@@ -1,0 +1,700 @@
+"""Search environments: the protocol the search loop talks to, and `KerasEnvironment`.
+
+The environment protocol
+------------------------
+A controller never sees the recommender. The search loop (`tfembsize.search.run`) hands the
+controller's decisions to an *environment*, which owns the model, the data and the training
+recipe. Anything with these four methods is an environment (`Environment`, a
+``typing.Protocol``; no base class needed):
+
+``observation() -> Observation``
+    The fixed facts of the problem: which searchable tables embed users and which items
+    (``{"user_embedding": "user", "item_embedding": "item"}``), training frequencies of users
+    and items, the full width ``d_max`` and, if the environment has one, the feedback of the
+    full-size reference model (``reference``). The loop fills in the iteration, the current
+    plan and the last feedback from its history.
+
+``step(plan, mode="scratch", *, train_steps=None) -> Feedback``
+    Applies the `SizePlan` to the model's searchable layers, trains, evaluates on the
+    validation split and returns a `Feedback`. ``mode`` says where training starts:
+
+    * ``"scratch"``: from a fresh random initialisation (CIESS: a new backbone per step);
+    * ``"snapshot"``: from the weights stored by the last `snapshot` (BET: the pretrained
+      full model, restored before every step);
+    * ``"continue"``: from the current weights (streaming methods such as ESAPN).
+
+    A step whose training diverges must return ``Feedback.failed(message)`` (status
+    ``"failed"``, NaN quality) instead of numbers computed from garbage weights.
+
+``snapshot()`` / ``restore()``
+    Copy the current weights into memory / copy them back.
+
+Environments that also implement `StatefulEnvironment` (``attach(directory)``,
+``save_state(directory)``, ``load_state(directory)``) are persisted by the loop after every
+step, so a resumed search continues exactly where it stopped; ``attach`` gives the
+environment a directory for files that do not change between steps (such as the pretrained
+reference model).
+
+A custom training loop (a TFRS model, a multi-task ranker, a JAX port of the data pipeline)
+plugs in by writing a small class with these methods; see ``KerasEnvironment`` for the
+reference implementation on top of `tfembsize.models.train_bpr` and
+`tfembsize.metrics.RankingEvaluator`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from tfembsize.layers.utils import find_searchable_layers
+from tfembsize.plan import SizePlan
+from tfembsize.search.records import MODES, Feedback, Observation
+
+__all__ = [
+    "Environment",
+    "StatefulEnvironment",
+    "KerasEnvironment",
+    "feedback_from_ranking",
+    "infer_tables",
+    "model_scorer",
+]
+
+logger = logging.getLogger(__name__)
+
+_PEAK_FLOOR = 1e-5  # spec §3.1: Q_peak = max(Q_n, 1e-5)
+
+
+@runtime_checkable
+class Environment(Protocol):
+    """What the search loop needs from an environment (see the module docstring)."""
+
+    def observation(self) -> Observation:
+        """The problem: table layout, frequencies, ``d_max`` and the reference feedback."""
+        ...
+
+    def step(self, plan: SizePlan, mode: str = "scratch", **kwargs: Any) -> Feedback:
+        """Applies ``plan``, trains from the start ``mode`` names, evaluates on validation."""
+        ...
+
+    def snapshot(self) -> None:
+        """Stores the current weights in memory."""
+        ...
+
+    def restore(self) -> None:
+        """Restores the weights stored by `snapshot`."""
+        ...
+
+
+@runtime_checkable
+class StatefulEnvironment(Environment, Protocol):
+    """An environment the loop can persist and resume."""
+
+    def attach(self, directory: str) -> None:
+        """Uses ``directory`` for files that outlive a step (e.g. the reference model)."""
+        ...
+
+    def save_state(self, directory: str) -> None:
+        """Writes the run state (weights, counters) into ``directory``."""
+        ...
+
+    def load_state(self, directory: str) -> None:
+        """Reads a state written by `save_state`."""
+        ...
+
+
+# Helpers -----------------------------------------------------------------------------------
+def infer_tables(model: Any) -> dict[str, str]:
+    """Maps each searchable layer of ``model`` to ``"user"`` or ``"item"``.
+
+    The backbones' attributes decide first (``user_embedding``, ``user_embedding_mlp``,
+    ``item_embedding``, ``item_embedding_mlp``); otherwise the layer name must contain
+    ``"user"`` or ``"item"``.
+
+    Raises:
+        ValueError: a searchable layer whose side cannot be told.
+    """
+    layers = find_searchable_layers(model)
+    by_id = {id(layer): name for name, layer in layers.items()}
+    tables: dict[str, str] = {}
+    for side in ("user", "item"):
+        for attr in (f"{side}_embedding", f"{side}_embedding_mlp"):
+            layer = getattr(model, attr, None)
+            if layer is not None and id(layer) in by_id:
+                tables[by_id[id(layer)]] = side
+    for name in layers:
+        if name in tables:
+            continue
+        lowered = name.lower()
+        if "user" in lowered and "item" not in lowered:
+            tables[name] = "user"
+        elif "item" in lowered and "user" not in lowered:
+            tables[name] = "item"
+        else:
+            raise ValueError(
+                f"Cannot tell whether searchable layer {name!r} embeds users or items; pass "
+                "`tables={'<layer name>': 'user' | 'item', ...}`."
+            )
+    if not tables:
+        raise ValueError(
+            "The model has no searchable embedding layers (e.g. tfembsize.layers."
+            "MaskedEmbedding); there is nothing to size."
+        )
+    return tables
+
+
+def model_scorer(model: Any) -> Any:
+    """What `RankingEvaluator.evaluate` takes for ``model``.
+
+    The model's own ``ranking_scorer()`` decides first; otherwise dot-product backbones
+    (``representations()``) give the fast ``(user_matrix, item_matrix)`` path, and any other
+    model must have ``score_users(user_ids) -> [b, num_items]``.
+    """
+    if callable(getattr(model, "ranking_scorer", None)):
+        return model.ranking_scorer()
+    if callable(getattr(model, "representations", None)):
+        users, items = model.representations(training=False)
+        return (users, items)
+    if callable(getattr(model, "score_users", None)):
+        return model.score_users
+    raise TypeError(
+        f"{type(model).__name__} has neither `representations()` nor `score_users(user_ids)`; "
+        "the evaluator cannot rank items with it."
+    )
+
+
+def _ranking_metrics(result: Any, ks: tuple[int, ...]) -> dict[str, float]:
+    out = {}
+    for k in ks:
+        try:
+            out[f"recall@{k}"] = float(result.recall_at(k))
+            out[f"ndcg@{k}"] = float(result.ndcg_at(k))
+        except (KeyError, ValueError):
+            continue
+    return out
+
+
+def feedback_from_ranking(
+    result: Any,
+    *,
+    reference: Feedback | None = None,
+    usable_params: int = 0,
+    wall_time: float = 0.0,
+    mode: str | None = None,
+    train_steps: int | None = None,
+    best_step: int | None = None,
+    loss: float | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> Feedback:
+    """Builds a `Feedback` from a `tfembsize.metrics.RankingResult`.
+
+    With a ``reference``, adds ``quality_ratio = quality / reference.quality`` and the
+    per-entity ratios ``q_n = min(Q_n / max(Q_n_ref, 1e-5), 1)`` (spec §3.1-3.2).
+    """
+    ks = tuple(sorted(getattr(result, "ks", None) or getattr(result, "recall", {}).keys()))
+    quality = float(result.quality)
+    user_q = np.asarray(result.user_quality, np.float32)
+    item_q = np.asarray(result.item_quality, np.float32)
+    ratio = user_ratio = item_ratio = None
+    if reference is not None and reference.ok:
+        ratio = quality / reference.quality if reference.quality > 0 else 0.0
+        if reference.user_quality is not None and reference.user_quality.shape == user_q.shape:
+            peak = np.maximum(reference.user_quality, _PEAK_FLOOR)
+            user_ratio = np.minimum(user_q / peak, 1.0)
+        if reference.item_quality is not None and reference.item_quality.shape == item_q.shape:
+            peak = np.maximum(reference.item_quality, _PEAK_FLOOR)
+            item_ratio = np.minimum(item_q / peak, 1.0)
+    return Feedback(
+        quality=quality,
+        user_quality=user_q,
+        item_quality=item_q,
+        usable_params=usable_params,
+        wall_time=wall_time,
+        quality_ratio=ratio,
+        user_quality_ratio=user_ratio,
+        item_quality_ratio=item_ratio,
+        metrics=_ranking_metrics(result, ks),
+        mode=mode,
+        train_steps=train_steps,
+        best_step=best_step,
+        loss=loss,
+        info=info or {},
+    )
+
+
+def _weights(model: Any) -> list[np.ndarray]:
+    return [np.array(v.numpy(), copy=True) for v in model.weights]
+
+
+def _assign(model: Any, values: list[np.ndarray]) -> None:
+    variables = model.weights
+    if len(variables) != len(values):
+        raise ValueError(
+            f"Stored weights hold {len(values)} arrays but the model has {len(variables)} "
+            "variables; the model changed since they were stored."
+        )
+    for v, w in zip(variables, values, strict=True):
+        if tuple(v.shape) != tuple(w.shape):
+            raise ValueError(
+                f"Stored weight for {v.name} has shape {w.shape}, the variable {tuple(v.shape)}."
+            )
+        v.assign(w)
+
+
+def _save_weights(path: str, values: list[np.ndarray]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, **{f"w{i:04d}": w for i, w in enumerate(values)})
+    os.replace(tmp, path)
+
+
+def _load_weights(path: str) -> list[np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return [z[k] for k in sorted(z.files)]
+
+
+def _all_finite(model: Any) -> bool:
+    for v in model.trainable_weights:
+        w = v.numpy()
+        if w.dtype.kind == "f" and not np.all(np.isfinite(w)):
+            return False
+    return True
+
+
+def _usable_params(model: Any) -> int:
+    return int(sum(layer.usable_params() for layer in find_searchable_layers(model).values()))
+
+
+def _build_searchable(model: Any) -> None:
+    for layer in find_searchable_layers(model).values():
+        if not layer.built:
+            layer.sizes  # noqa: B018  (builds the layer's variables)
+
+
+# KerasEnvironment --------------------------------------------------------------------------
+class KerasEnvironment:
+    """The reference search environment for Keras recommenders trained with BPR.
+
+    ``step(plan, mode)`` applies a `SizePlan` to the model's searchable layers, trains with
+    ``train_fn`` (default `tfembsize.models.train_bpr`) from a fresh initialisation
+    (``"scratch"``), from the stored snapshot (``"snapshot"``) or from the current weights
+    (``"continue"``), evaluates on the validation split and returns a `Feedback` whose
+    ratios compare with the full-size reference model.
+
+    The reference model is the model with every row at full width, trained once with
+    ``reference_config`` (early stopping on validation). Its validation feedback gives
+    ``Q_full`` and the per-entity ``Q_n_full`` (the denominators of the ratios), and its
+    weights become the snapshot that ``"snapshot"`` steps restore (BET's θ⁰). When the loop
+    attaches a directory, the reference weights and feedback are stored there, so a resumed
+    search does not pretrain again.
+
+    Args:
+        model: a Keras model with searchable embedding layers, or a zero-argument callable
+            building one (needed for truly fresh ``"scratch"`` steps; with a model instance,
+            ``"scratch"`` resets to the weights the model had when the environment was made).
+        split: a `tfembsize.data.Split`.
+        evaluator: a `tfembsize.metrics.RankingEvaluator` for ``split`` (default: one with
+            k in {5, 10, 20}).
+        train_config: recipe of a search step (a `tfembsize.models.TrainConfig`; None: the
+            backbone's default, trained to convergence with validation early stopping). A
+            decision's ``train_steps`` / ``train_epochs`` turn it into a fixed-length run
+            (one validation evaluation at the end).
+        reference_config: recipe of the reference pretraining (None: the backbone's default,
+            early stopping on validation).
+        final_config: recipe of ``phase="final"`` steps, full trainings of result candidates
+            (default ``reference_config``).
+        reference: True to pretrain the full-size reference lazily (the first time it is
+            needed), False for none (no ratios; ``"snapshot"`` then needs an explicit
+            `snapshot`), or a `Feedback` to use as the reference as it is.
+        tables: layer name -> ``"user"`` / ``"item"``; inferred by `infer_tables` if None.
+        train_fn: ``train_fn(model, split, evaluator, config=...) -> TrainResult``.
+        seed: base seed; step ``t`` seeds Keras/TF/NumPy with ``seed + t`` before building and
+            training, so a resumed search repeats the same steps.
+        reference_directory: where the pretrained reference (weights and feedback) is read
+            from and written to, besides the directory the search loop attaches; share it
+            between searches on the same data, backbone and seed to pretrain only once.
+
+    Example:
+        >>> env = KerasEnvironment(lambda: MF(...), split, RankingEvaluator(split),
+        ...                        train_config=TrainConfig(max_steps=2000))  # doctest: +SKIP
+        >>> fb = env.step(plan, mode="snapshot")  # doctest: +SKIP
+        >>> fb.quality_ratio  # doctest: +SKIP
+        0.93
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        split: Any,
+        evaluator: Any = None,
+        *,
+        train_config: Any = None,
+        reference_config: Any = None,
+        final_config: Any = None,
+        reference: bool | Feedback = True,
+        tables: Mapping[str, str] | None = None,
+        train_fn: Callable[..., Any] | None = None,
+        seed: int = 0,
+        reference_directory: str | os.PathLike | None = None,
+    ) -> None:
+        if callable(model) and not hasattr(model, "weights"):
+            self._builder: Callable[[], Any] | None = model
+            self._model = None
+        elif hasattr(model, "weights"):
+            self._builder = None
+            self._model = model
+        else:
+            raise TypeError(
+                "`model` must be a Keras model or a zero-argument callable returning one. "
+                f"Received: {type(model).__name__}"
+            )
+        if not hasattr(split, "train") or not hasattr(split, "validation"):
+            raise TypeError(
+                f"`split` must be a tfembsize.data.Split. Received: {type(split).__name__}"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"`seed` must be an integer. Received: seed={seed!r}")
+        if not isinstance(reference, (bool, Feedback)):
+            raise TypeError(
+                f"`reference` must be True, False or a Feedback. Received: {reference!r}"
+            )
+        if isinstance(reference, Feedback) and not reference.ok:
+            raise ValueError("`reference` is a failed Feedback; it cannot be a denominator.")
+        self.split = split
+        if evaluator is None:
+            from tfembsize.metrics import RankingEvaluator
+
+            evaluator = RankingEvaluator(split)
+        self.evaluator = evaluator
+        self.train_config = train_config
+        self.reference_config = reference_config
+        self.final_config = final_config if final_config is not None else reference_config
+        self._want_reference = reference is True
+        self._reference: Feedback | None = reference if isinstance(reference, Feedback) else None
+        if train_fn is None:
+            from tfembsize.models import train_bpr
+
+            train_fn = train_bpr
+        self.train_fn = train_fn
+        self.seed = int(seed)
+        self._steps_done = 0
+        self._snapshot: list[np.ndarray] | None = None
+        self._initial: list[np.ndarray] | None = None
+        self._directory: str | None = None
+        self._reference_dir = (
+            None if reference_directory is None else os.fspath(reference_directory)
+        )
+        self._reference_weights: list[np.ndarray] | None = None
+        self._tables_arg = dict(tables) if tables is not None else None
+        if self._model is None:
+            self._seed_everything(self.seed)
+            self._model = self._builder()
+        self._prepare_model(self._model)
+        if self._builder is None:
+            self._initial = _weights(self._model)
+        self.tables = self._validated_tables()
+        self.d_max = self._common_width()
+
+    # Model plumbing ----------------------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        """The model being searched (replaced by a new one on every ``"scratch"`` step)."""
+        return self._model
+
+    def _prepare_model(self, model: Any) -> None:
+        _build_searchable(model)
+        if not find_searchable_layers(model):
+            raise ValueError(
+                "The model has no searchable embedding layers (e.g. tfembsize.layers."
+                "MaskedEmbedding); there is nothing to size."
+            )
+
+    def _validated_tables(self) -> dict[str, str]:
+        tables = self._tables_arg or infer_tables(self._model)
+        layers = find_searchable_layers(self._model)
+        for name, side in tables.items():
+            if name not in layers:
+                raise ValueError(
+                    f"`tables` names {name!r}, which is not a searchable layer of the model "
+                    f"({sorted(layers)})."
+                )
+            expected = self.split.num_users if side == "user" else self.split.num_items
+            if layers[name].input_dim != expected:
+                raise ValueError(
+                    f"Layer {name!r} embeds {side}s but has input_dim={layers[name].input_dim}; "
+                    f"the split has {expected} {side}s."
+                )
+        missing = sorted(set(layers) - set(tables))
+        if missing:
+            raise ValueError(f"`tables` leaves out searchable layers {missing}.")
+        return dict(tables)
+
+    def _common_width(self) -> int:
+        widths = {layer.output_dim for layer in find_searchable_layers(self._model).values()}
+        if len(widths) != 1:
+            raise ValueError(f"The searchable layers have different widths {sorted(widths)}.")
+        return int(widths.pop())
+
+    def _seed_everything(self, seed: int) -> None:
+        from tfembsize._keras import keras
+
+        keras.utils.set_random_seed(int(seed) % (2**31 - 1))
+
+    def _fresh_model(self) -> None:
+        if self._builder is not None:
+            model = self._builder()
+            self._prepare_model(model)
+            layers = set(find_searchable_layers(model))
+            if layers != set(self.tables):
+                raise ValueError(
+                    f"The model builder returned searchable layers {sorted(layers)}, but the "
+                    f"first model had {sorted(self.tables)}; give the layers fixed names."
+                )
+            self._model = model
+        else:
+            _assign(self._model, self._initial)
+
+    # Protocol -----------------------------------------------------------------------------
+    def observation(self) -> Observation:
+        """The problem; pretrains the reference model first if it is needed and missing."""
+        return Observation(
+            tables=self.tables,
+            user_frequencies=np.asarray(self.split.user_frequencies, np.int64),
+            item_frequencies=np.asarray(self.split.item_frequencies, np.int64),
+            d_max=self.d_max,
+            reference=self.reference(),
+        )
+
+    def full_plan(self) -> SizePlan:
+        """Every row at full width."""
+        return SizePlan(
+            {
+                name: np.full(layer.input_dim, self.d_max, np.int32)
+                for name, layer in find_searchable_layers(self._model).items()
+            }
+        )
+
+    def reference(self) -> Feedback | None:
+        """The full-size model's validation feedback, trained on first use and cached."""
+        if self._reference is not None or not self._want_reference:
+            return self._reference
+        for directory in self._reference_directories():
+            if self._load_reference(directory):
+                return self._reference
+        logger.info("Pretraining the full-size reference model.")
+        t0 = time.perf_counter()
+        self._seed_everything(self.seed - 1)
+        self._fresh_model()
+        self.full_plan().apply(self._model)
+        train = self._train(self.reference_config, seed=self.seed)
+        if not train["finite"]:
+            raise FloatingPointError(
+                f"Pretraining the full-size reference model diverged ({train['message']}); "
+                "lower the learning rate of `reference_config`."
+            )
+        result = train["validation"]
+        self._reference = feedback_from_ranking(
+            result,
+            usable_params=_usable_params(self._model),
+            wall_time=time.perf_counter() - t0,
+            train_steps=train["steps"],
+            best_step=train["best_step"],
+            loss=train["loss"],
+        )
+        self._reference_weights = _weights(self._model)
+        if self._snapshot is None:
+            self._snapshot = self._reference_weights
+        for directory in self._reference_directories():
+            self._save_reference(directory)
+        logger.info("Reference model: validation quality %.5f.", self._reference.quality)
+        return self._reference
+
+    def snapshot(self) -> None:
+        """Stores the current weights (sizes included) in memory."""
+        self._snapshot = _weights(self._model)
+
+    def restore(self) -> None:
+        """Restores the weights stored by `snapshot` (or the pretrained reference)."""
+        if self._snapshot is None:
+            if self._want_reference and self._reference is None:
+                self.reference()  # pretraining stores the snapshot
+            if self._snapshot is None:
+                raise ValueError(
+                    "No snapshot to restore: call snapshot() first (or create the environment "
+                    "with reference=True so the pretrained model is the snapshot)."
+                )
+        _assign(self._model, self._snapshot)
+
+    def step(
+        self,
+        plan: SizePlan,
+        mode: str = "scratch",
+        *,
+        train_steps: int | None = None,
+        train_epochs: float | None = None,
+        phase: str = "search",
+    ) -> Feedback:
+        """Applies ``plan``, trains from the start ``mode`` names, evaluates on validation.
+
+        Args:
+            plan: sizes for the searchable layers (every layer must be named).
+            mode: ``"scratch"``, ``"snapshot"`` or ``"continue"``.
+            train_steps: train exactly this many steps (one evaluation at the end).
+            train_epochs: the same in passes over the training interactions
+                (``ceil(|train| / batch_size)`` steps each).
+            phase: ``"search"`` uses ``train_config``; ``"final"`` (a full training of a
+                result candidate) uses ``final_config``.
+
+        Returns:
+            The `Feedback`; ``status="failed"`` if the loss or the weights became NaN.
+        """
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
+        if phase not in ("search", "final"):
+            raise ValueError(f"`phase` must be 'search' or 'final'. Received: phase={phase!r}")
+        if not isinstance(plan, SizePlan):
+            raise TypeError(f"`plan` must be a SizePlan. Received: {type(plan).__name__}")
+        missing = sorted(set(self.tables) - set(plan))
+        if missing:
+            raise ValueError(f"`plan` has no sizes for searchable layers {missing}.")
+        reference = self.reference()
+        t0 = time.perf_counter()
+        step_seed = self.seed + 1 + self._steps_done
+        self._seed_everything(step_seed)
+        if mode == "scratch":
+            self._fresh_model()
+        elif mode == "snapshot":
+            self.restore()
+        plan.apply(self._model)
+        usable = _usable_params(self._model)
+        config = self.final_config if phase == "final" else self.train_config
+        train = self._train(
+            config, train_steps=train_steps, train_epochs=train_epochs, seed=step_seed
+        )
+        self._steps_done += 1
+        if not train["finite"]:
+            return Feedback.failed(
+                f"{train['message']} (mode={mode!r}, {usable} usable parameters, "
+                f"{train['steps']} steps).",
+                usable_params=usable,
+                wall_time=time.perf_counter() - t0,
+                mode=mode,
+                train_steps=train["steps"],
+                info={"phase": phase},
+            )
+        result = train["validation"]
+        return feedback_from_ranking(
+            result,
+            reference=reference,
+            usable_params=usable,
+            wall_time=time.perf_counter() - t0,
+            mode=mode,
+            train_steps=train["steps"],
+            best_step=train["best_step"],
+            loss=train["loss"],
+            info={"phase": phase},
+        )
+
+    def evaluate(self, phase: str = "validation") -> Feedback:
+        """Evaluates the current model without training (e.g. ``phase="test"`` at the end)."""
+        result = self.evaluator.evaluate(model_scorer(self._model), phase=phase)
+        return feedback_from_ranking(
+            result, reference=self._reference, usable_params=_usable_params(self._model)
+        )
+
+    def _train(
+        self,
+        config: Any,
+        *,
+        train_steps: int | None = None,
+        train_epochs: float | None = None,
+        seed: int | None = None,
+    ) -> dict:
+        from tfembsize.search._training import resolve_config, run_training
+
+        config = resolve_config(
+            config,
+            self._model,
+            self.split,
+            train_steps=train_steps,
+            train_epochs=train_epochs,
+            seed=seed,
+        )
+        train = run_training(self.train_fn, self._model, self.split, self.evaluator, config)
+        if train["finite"] and (train["validation"] is None or not config.restore_best):
+            # the weights kept are the last ones: score them
+            train["validation"] = self.evaluator.evaluate(
+                model_scorer(self._model), phase="validation"
+            )
+        return train
+
+    # Persistence ---------------------------------------------------------------------------
+    def attach(self, directory: str) -> None:
+        """Stores the reference model in ``directory`` (and reloads one found there)."""
+        os.makedirs(directory, exist_ok=True)
+        self._directory = directory
+        if self._reference is None and self._want_reference:
+            for d in self._reference_directories():
+                if self._load_reference(d):
+                    break
+        if self._reference_weights is not None:
+            for d in self._reference_directories():
+                self._save_reference(d)
+
+    def _reference_directories(self) -> list[str]:
+        return [d for d in (self._reference_dir, self._directory) if d is not None]
+
+    def _save_reference(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        if os.path.exists(os.path.join(directory, "reference.npz")):
+            return  # written once; the reference never changes
+        _save_weights(os.path.join(directory, "reference_weights.npz"), self._reference_weights)
+        self._reference.save(os.path.join(directory, "reference.npz"))
+
+    def _load_reference(self, directory: str) -> bool:
+        fb_path = os.path.join(directory, "reference.npz")
+        w_path = os.path.join(directory, "reference_weights.npz")
+        if not (os.path.exists(fb_path) and os.path.exists(w_path)):
+            return False
+        weights = _load_weights(w_path)
+        _assign(self._model, weights)  # validates the shapes against the model
+        self._reference_weights = weights
+        if self._snapshot is None:
+            self._snapshot = weights
+        self._reference = Feedback.load(fb_path)
+        logger.info("Loaded the reference model from %s.", directory)
+        return True
+
+    def save_state(self, directory: str) -> None:
+        """Writes the step counter and the current weights (for ``"continue"`` steps)."""
+        os.makedirs(directory, exist_ok=True)
+        _save_weights(os.path.join(directory, "weights.npz"), _weights(self._model))
+        own_snapshot = self._snapshot is not None and self._snapshot is not self._reference_weights
+        if own_snapshot:
+            _save_weights(os.path.join(directory, "snapshot.npz"), self._snapshot)
+        with open(os.path.join(directory, "state.json"), "w", encoding="utf-8") as f:
+            json.dump(
+                {"steps_done": self._steps_done, "seed": self.seed, "snapshot": own_snapshot}, f
+            )
+
+    def load_state(self, directory: str) -> None:
+        """Reads a state written by `save_state`."""
+        with open(os.path.join(directory, "state.json"), encoding="utf-8") as f:
+            state = json.load(f)
+        self._steps_done = int(state["steps_done"])
+        if state.get("snapshot"):
+            self._snapshot = _load_weights(os.path.join(directory, "snapshot.npz"))
+        path = os.path.join(directory, "weights.npz")
+        if os.path.exists(path):
+            _assign(self._model, _load_weights(path))
+
+    def __repr__(self) -> str:
+        ref = "none" if self._reference is None else f"{self._reference.quality:.4f}"
+        return (
+            f"KerasEnvironment(tables={self.tables}, d_max={self.d_max}, "
+            f"steps_done={self._steps_done}, reference_quality={ref})"
+        )
