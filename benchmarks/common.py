@@ -55,21 +55,22 @@ def machine() -> dict[str, Any]:
         "keras": keras_version(),
         "platform": platform.platform(),
         "git_commit": commit,
+        # Other jobs on the machine when the results were written (1, 5, 15 min averages):
+        # ratios measured side by side stay meaningful, absolute times do not.
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
 def command() -> str:
     """The command line that ran this script, for the results file."""
-    env = " ".join(
-        f"{k}={os.environ[k]}" for k in ("TF_USE_LEGACY_KERAS",) if os.environ.get(k)
-    )
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("TF_USE_LEGACY_KERAS",) if os.environ.get(k))
     cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     return f"{env} {cmd}".strip()
 
 
 def now() -> str:
     """UTC timestamp."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
@@ -87,7 +88,7 @@ def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Pa
         f"Date: {meta['date']}  \n"
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, GPU: {m['gpu']}; "
         f"Python {m['python']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}, "
-        f"commit {m['git_commit']}\n\n"
+        f"commit {m['git_commit']}; load average {m['load_average']}\n\n"
     )
     mpath = RESULTS / f"{name}.md"
     mpath.write_text(markdown.rstrip() + "\n\n" + header)
@@ -104,6 +105,31 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
+def alternate_clocks(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
+) -> dict[str, dict[str, list[float]]]:
+    """Like `alternate`, recording wall time and process CPU time (all threads) of each call.
+
+    On a shared machine the wall clock also counts time the process was descheduled; CPU time
+    counts only the work done (including any thread-pool spinning), so its ratios are steadier.
+
+    Returns:
+        ``{"wall": {name: [seconds, ...]}, "cpu": {name: [seconds, ...]}}``.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    return {"wall": wall, "cpu": cpu}
+
+
 def alternate(
     fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
 ) -> dict[str, list[float]]:
@@ -111,16 +137,7 @@ def alternate(
 
     Returns the list of wall times in seconds per name.
     """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return times
+    return alternate_clocks(fns, repeats, warmup)["wall"]
 
 
 def median_ratio(times: dict[str, list[float]], num: str, den: str) -> float:

@@ -9,7 +9,13 @@ import numpy as np
 
 from tfembsize.errors import BudgetExceededError, BudgetInfeasibleError
 
-__all__ = ["Budget", "water_fill_down", "water_fill_up"]
+__all__ = [
+    "Budget",
+    "cut_by_priority",
+    "fill_by_priority",
+    "water_fill_down",
+    "water_fill_up",
+]
 
 
 @dataclass(frozen=True)
@@ -112,8 +118,24 @@ class Budget:
 def water_fill_down(sizes: np.ndarray, excess: int, floor: int) -> np.ndarray:
     """Removes ``excess`` units, always from the currently largest entries, never below ``floor``.
 
-    Ties are broken by index (lower index cut first). The result has exactly
+    Equivalent to taking one unit at a time from the largest entry (ties: lower index first),
+    computed in O(n log max) by finding the water level. The result has exactly
     ``sizes.sum() - excess`` units.
+
+    Args:
+        sizes: integer vector.
+        excess: units to remove (nothing happens when ``<= 0``).
+        floor: smallest value an entry may get.
+
+    Returns:
+        A new int64 vector.
+
+    Raises:
+        BudgetInfeasibleError: fewer than ``excess`` units lie above ``floor``.
+
+    Example:
+        >>> water_fill_down(np.array([8, 3, 6]), 6, 1).tolist()
+        [4, 3, 4]
     """
     s = np.asarray(sizes, dtype=np.int64).copy()
     if excess <= 0:
@@ -144,7 +166,20 @@ def water_fill_down(sizes: np.ndarray, excess: int, floor: int) -> np.ndarray:
 def water_fill_up(sizes: np.ndarray, amount: int, ceil: int) -> np.ndarray:
     """Adds up to ``amount`` units, always to the currently smallest entries, never above ``ceil``.
 
-    Ties are broken by index (lower index first).
+    Equivalent to giving one unit at a time to the smallest entry (ties: lower index first).
+    Stops when ``amount`` is used up or every entry is at ``ceil``.
+
+    Args:
+        sizes: integer vector.
+        amount: units to hand out (nothing happens when ``<= 0``).
+        ceil: largest value an entry may get.
+
+    Returns:
+        A new int64 vector.
+
+    Example:
+        >>> water_fill_up(np.array([1, 5, 2]), 4, 8).tolist()
+        [4, 5, 3]
     """
     s = np.asarray(sizes, dtype=np.int64).copy()
     room = int(np.maximum(ceil - s, 0).sum())
@@ -165,4 +200,79 @@ def water_fill_up(sizes: np.ndarray, amount: int, ceil: int) -> np.ndarray:
     if left > 0:
         at_level = np.flatnonzero(s == level)
         s[at_level[:left]] += 1
+    return s
+
+
+def cut_by_priority(sizes: np.ndarray, priority: np.ndarray, excess: int, floor: int) -> np.ndarray:
+    """Removes ``excess`` units from the lowest-priority entries first, never below ``floor``.
+
+    Entries are visited in increasing priority (ties by index, lower index first); each is
+    lowered to ``floor`` before the next is touched, and the last one visited only as far as
+    needed. The result has exactly ``sizes.sum() - excess`` units.
+
+    Args:
+        sizes: integer vector.
+        priority: one number per entry; higher is more important.
+        excess: units to remove (nothing happens when ``<= 0``).
+        floor: smallest value an entry may get.
+
+    Returns:
+        A new int64 vector.
+
+    Raises:
+        BudgetInfeasibleError: fewer than ``excess`` units lie above ``floor``.
+
+    Example:
+        >>> cut_by_priority(np.array([5, 5, 5]), np.array([2.0, 0.0, 1.0]), 6, 1).tolist()
+        [5, 1, 3]
+    """
+    s = np.asarray(sizes, dtype=np.int64).copy()
+    excess = int(excess)
+    if excess <= 0:
+        return s
+    room = np.maximum(s - floor, 0)
+    if excess > int(room.sum()):
+        raise BudgetInfeasibleError(
+            f"Cannot remove {excess} parameters: only {int(room.sum())} lie above min_size={floor}."
+        )
+    order = np.lexsort((np.arange(s.size), np.asarray(priority)))  # lowest priority first
+    cum = np.cumsum(room[order])
+    k = int(np.searchsorted(cum, excess))  # order[:k] go to floor, order[k] partially
+    before = int(cum[k - 1]) if k > 0 else 0
+    s[order[:k]] = np.minimum(s[order[:k]], floor)
+    s[order[k]] -= excess - before
+    return s
+
+
+def fill_by_priority(sizes: np.ndarray, priority: np.ndarray, amount: int, ceil: int) -> np.ndarray:
+    """Adds up to ``amount`` units to the highest-priority entries first, never above ``ceil``.
+
+    Entries are visited in decreasing priority (ties by index, lower index first); each is
+    raised to ``ceil`` before the next is touched. Stops when ``amount`` is used up or every
+    entry is at ``ceil``.
+
+    Args:
+        sizes: integer vector.
+        priority: one number per entry; higher is more important.
+        amount: units to hand out (nothing happens when ``<= 0``).
+        ceil: largest value an entry may get.
+
+    Returns:
+        A new int64 vector.
+
+    Example:
+        >>> fill_by_priority(np.array([1, 1, 1]), np.array([2.0, 0.0, 1.0]), 6, 4).tolist()
+        [4, 1, 4]
+    """
+    s = np.asarray(sizes, dtype=np.int64).copy()
+    room = np.maximum(ceil - s, 0)
+    amount = min(int(amount), int(room.sum()))
+    if amount <= 0:
+        return s
+    order = np.lexsort((np.arange(s.size), -np.asarray(priority, dtype=np.float64)))
+    cum = np.cumsum(room[order])
+    k = int(np.searchsorted(cum, amount))  # order[:k] go to ceil, order[k] partially
+    before = int(cum[k - 1]) if k > 0 else 0
+    s[order[:k]] = np.maximum(s[order[:k]], ceil)
+    s[order[k]] += amount - before
     return s

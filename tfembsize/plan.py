@@ -9,7 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from tfembsize.budget import Budget, water_fill_down, water_fill_up
+from tfembsize.budget import (
+    Budget,
+    cut_by_priority,
+    fill_by_priority,
+    water_fill_down,
+    water_fill_up,
+)
 from tfembsize.errors import BudgetInfeasibleError
 
 __all__ = ["SizePlan"]
@@ -77,9 +83,7 @@ class SizePlan(Mapping):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SizePlan):
             return NotImplemented
-        return self.keys() == other.keys() and all(
-            np.array_equal(self[k], other[k]) for k in self
-        )
+        return self.keys() == other.keys() and all(np.array_equal(self[k], other[k]) for k in self)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -155,14 +159,31 @@ class SizePlan(Mapping):
 
         Raises:
             BudgetInfeasibleError: even ``min_size`` for every row exceeds the budget.
+            ValueError: ``min_size`` is not an integer in ``[1, d_max]``, or a priority vector
+                has the wrong shape or non-finite values.
+            KeyError: ``priority`` lacks one of the plan's layer names.
+
+        Example:
+            >>> plan = SizePlan({"users": [8, 8], "items": [8, 8]})
+            >>> plan.repair(Budget(max_params=20, d_max=8),
+            ...             {"users": [3, 0], "items": [2, 1]})["users"].tolist()
+            [8, 1]
         """
         d_max = budget.d_max
-        if not 1 <= min_size <= d_max:
-            raise ValueError(f"`min_size` must be in [1, {d_max}]. Received: min_size={min_size}")
-        if self.fits(budget, min_size=min_size):
-            return self
+        if (
+            isinstance(min_size, bool)
+            or not isinstance(min_size, (int, np.integer))
+            or not 1 <= min_size <= d_max
+        ):
+            raise ValueError(
+                f"`min_size` must be an integer in [1, d_max={d_max}]. "
+                f"Received: min_size={min_size!r}"
+            )
         names = list(self._tables)
         lengths = [self._tables[n].size for n in names]
+        prio = None if priority is None else self._flat_priority(priority, names, lengths)
+        if self.fits(budget, min_size=min_size):
+            return self
         limit = budget.max_params_for(self.num_rows())
         if min_size * self.num_rows() > limit:
             raise BudgetInfeasibleError(
@@ -170,7 +191,7 @@ class SizePlan(Mapping):
                 f"{min_size * self.num_rows()} parameters, more than the budget of {limit} "
                 f"({budget.describe()})."
             )
-        flat = np.concatenate([self._tables[n].astype(np.int64) for n in names] or [[]])
+        flat = np.concatenate([self._tables[n] for n in names]).astype(np.int64)
         flat = np.clip(flat, min_size, d_max).astype(np.int64)
         if priority is None:
             excess = int(flat.sum()) - limit
@@ -178,9 +199,8 @@ class SizePlan(Mapping):
                 flat = water_fill_down(flat, excess, min_size)
             flat = water_fill_up(flat, limit - int(flat.sum()), d_max)
         else:
-            prio = self._flat_priority(priority, names, lengths)
-            flat = _cut_by_priority(flat, prio, limit, min_size)
-            flat = _fill_by_priority(flat, prio, limit, d_max)
+            flat = cut_by_priority(flat, prio, int(flat.sum()) - limit, min_size)
+            flat = fill_by_priority(flat, prio, limit - int(flat.sum()), d_max)
         out: dict[str, np.ndarray] = {}
         start = 0
         for name, n in zip(names, lengths, strict=True):
@@ -196,7 +216,9 @@ class SizePlan(Mapping):
         parts = []
         for name, n in zip(names, lengths, strict=True):
             if name not in priority:
-                raise KeyError(f"`priority` has no entry for layer {name!r}.")
+                raise KeyError(
+                    f"`priority` has no entry for layer {name!r}. Received keys {sorted(priority)}."
+                )
             p = np.asarray(priority[name], dtype=np.float64)
             if p.shape != (n,):
                 raise ValueError(
@@ -253,9 +275,17 @@ class SizePlan(Mapping):
     def apply(self, model: Any) -> None:
         """Assigns the sizes to the model's searchable layers, matched by layer name.
 
+        The assignment is all or nothing: if any layer rejects its sizes (out of range, or
+        over a `BudgetedEmbedding`'s budget), every layer keeps its previous sizes.
+
+        Args:
+            model: a Keras model (or layer) containing the plan's layers, at any depth.
+
         Raises:
             KeyError: a name of the plan is not a searchable layer of ``model``.
-            ValueError: a size vector's length differs from the layer's ``input_dim``.
+            ValueError: a size vector's length differs from the layer's ``input_dim``, or
+                the layer rejects it (see the layer's ``assign_sizes``).
+            BudgetExceededError: a budgeted layer's sizes exceed its budget.
         """
         from tfembsize.layers.utils import find_searchable_layers
 
@@ -272,8 +302,15 @@ class SizePlan(Mapping):
                     f"SizePlan: {name!r} has {sizes.size} sizes but the layer has input_dim="
                     f"{layers[name].input_dim}."
                 )
-        for name, sizes in self._tables.items():
-            layers[name].assign_sizes(sizes)
+        # All or nothing: if a layer rejects its sizes (range, budget), restore the others.
+        previous = {name: layers[name].sizes for name in self._tables}
+        try:
+            for name, sizes in self._tables.items():
+                layers[name].assign_sizes(sizes)
+        except Exception:
+            for name, sizes in previous.items():
+                layers[name].sizes_variable.assign(sizes)
+            raise
 
     @classmethod
     def from_model(cls, model: Any) -> SizePlan:
@@ -289,38 +326,3 @@ def _kind(path: str) -> str:
     if path.endswith(".npz"):
         return "npz"
     raise ValueError(f"SizePlan files end in .json or .npz. Received path={path!r}")
-
-
-def _cut_by_priority(flat: np.ndarray, prio: np.ndarray, limit: int, floor: int) -> np.ndarray:
-    excess = int(flat.sum()) - limit
-    if excess <= 0:
-        return flat
-    order = np.lexsort((np.arange(flat.size), prio))  # lowest priority first, then index
-    room = flat[order] - floor
-    cum = np.cumsum(room)
-    k = int(np.searchsorted(cum, excess))  # rows order[:k] go to floor, row order[k] partially
-    out = flat.copy()
-    out[order[:k]] = floor
-    before = int(cum[k - 1]) if k > 0 else 0
-    out[order[k]] -= excess - before
-    return out
-
-
-def _fill_by_priority(flat: np.ndarray, prio: np.ndarray, limit: int, ceil: int) -> np.ndarray:
-    spare = limit - int(flat.sum())
-    if spare <= 0:
-        return flat
-    order = np.lexsort((np.arange(flat.size), -prio))  # highest priority first, then index
-    room = ceil - flat[order]
-    cum = np.cumsum(room)
-    out = flat.copy()
-    if cum.size == 0:
-        return out
-    k = int(np.searchsorted(cum, spare))
-    if k >= flat.size:
-        out[:] = ceil
-        return out
-    out[order[:k]] = ceil
-    before = int(cum[k - 1]) if k > 0 else 0
-    out[order[k]] += spare - before
-    return out

@@ -8,7 +8,12 @@ from typing import Any
 import numpy as np
 
 from tfembsize._keras import register_serializable
-from tfembsize.budget import Budget
+from tfembsize.budget import (
+    Budget,
+    cut_by_priority,
+    fill_by_priority,
+    water_fill_down,
+)
 from tfembsize.errors import BudgetInfeasibleError
 from tfembsize.layers.masked_embedding import MaskedEmbedding
 from tfembsize.plan import SizePlan
@@ -34,11 +39,14 @@ class BudgetedEmbedding(MaskedEmbedding):
 
     * ``"uniform"``: every row gets ``min(output_dim, floor(B / input_dim))``, the largest
       equal size that fits (the papers' ES/SU baseline).
-    * ``"random"``: sizes uniform in ``[min_size, output_dim]`` from ``seed``, repaired to
-      the budget (the papers' MR/SR baseline).
-    * ``"frequency"``: sizes proportional to ``frequencies``, rounded down, clipped to the
-      bounds, then repaired with the frequencies as priority (budget left over goes to the
-      most frequent rows).
+    * ``"random"``: random sizes under the budget (the papers' SR/MR baseline): row ``n``
+      gets ``floor(u_n / sum(u) * B)`` with ``u_n ~ U(0, 1)`` drawn from ``seed``, clipped to
+      ``[min_size, output_dim]``; any overshoot is cut from the largest rows and the units
+      left over by rounding go to random rows, so the total is ``B`` (or every row is full).
+    * ``"frequency"``: sizes proportional to ``frequencies`` (``floor(f_n / sum(f) * B)``),
+      clipped to the bounds; an overshoot is cut from the least frequent rows first and the
+      budget left over is handed to the most frequent rows first (up to ``output_dim``), so
+      sizes never decrease with frequency.
 
     Args:
         input_dim: number of rows.
@@ -88,8 +96,12 @@ class BudgetedEmbedding(MaskedEmbedding):
                     f"`frequencies` must have shape ({self.input_dim},). "
                     f"Received shape {freq.shape}."
                 )
-            if not np.all(np.isfinite(freq)) or freq.min() < 0:
-                raise ValueError("`frequencies` must be finite and non-negative.")
+            bad = np.flatnonzero(~np.isfinite(freq) | (freq < 0))
+            if bad.size:
+                raise ValueError(
+                    "`frequencies` must be finite and non-negative. Received "
+                    f"frequencies[{int(bad[0])}]={float(freq[bad[0]])!r}."
+                )
             self.frequencies = freq
         else:
             self.frequencies = None
@@ -115,26 +127,23 @@ class BudgetedEmbedding(MaskedEmbedding):
         n, d_max, lo, limit = self.input_dim, self.output_dim, self.min_size, self.max_params
         if self.allocation == "uniform":
             sizes = np.full(n, min(d_max, limit // n), dtype=np.int64)
-            priority = None
         elif self.allocation == "random":
             rng = np.random.default_rng(self.seed)
-            sizes = rng.integers(lo, d_max + 1, size=n)
-            priority = {"t": rng.permutation(n).astype(np.float64)}
+            shares = rng.random(n) + 1e-12
+            sizes = np.floor(shares / shares.sum() * limit).astype(np.int64)
+            sizes = np.clip(sizes, lo, d_max)
+            sizes = water_fill_down(sizes, int(sizes.sum()) - limit, lo)
+            sizes = _spread_randomly(sizes, limit - int(sizes.sum()), d_max, rng)
         else:
             freq = self.frequencies
             total = freq.sum()
             share = freq / total if total > 0 else np.full(n, 1.0 / n)
-            sizes = np.floor(share * limit).astype(np.int64)
-            priority = {"t": freq}
-        sizes = np.clip(sizes, lo, d_max)
-        plan = SizePlan({"t": sizes})
-        if self.allocation != "uniform":
-            plan = plan.repair(self.budget, priority, min_size=lo)
-            # Hand back any budget left after rounding down (repair only acts on misfits).
-            if plan.total_params() < limit and priority is not None:
-                plan = _fill(plan, self.budget, priority, lo)
-        plan.check(self.budget, min_size=lo)
-        return plan["t"].astype(np.int32)
+            sizes = np.clip(np.floor(share * limit).astype(np.int64), lo, d_max)
+            sizes = cut_by_priority(sizes, freq, int(sizes.sum()) - limit, lo)
+            sizes = fill_by_priority(sizes, freq, limit - int(sizes.sum()), d_max)
+        plan = SizePlan({self.name: sizes})
+        plan.check(self.budget, min_size=lo)  # the guarantee, asserted
+        return plan[self.name].copy()
 
     def initial_sizes(self) -> np.ndarray:
         """The initial allocation (already checked against the budget)."""
@@ -143,7 +152,16 @@ class BudgetedEmbedding(MaskedEmbedding):
     def assign_sizes(self, sizes: Any, *, repair: bool = False) -> None:
         """Sets the sizes; an over-budget vector is rejected, or repaired with ``repair=True``.
 
+        Args:
+            sizes: integer vector of length ``input_dim``.
+            repair: if True, a vector that breaks the budget or the bounds is first repaired
+                with `SizePlan.repair` (no priority: sizes clipped into
+                ``[min_size, output_dim]``, the largest rows cut first, unused budget handed to
+                the smallest rows); a vector that already fits is kept as is.
+
         Raises:
+            TypeError: the sizes are not integers.
+            ValueError: wrong length, or (without ``repair``) a size out of range.
             BudgetExceededError: the vector uses more than ``max_params`` and ``repair`` is
                 False. The message names the excess.
         """
@@ -174,12 +192,16 @@ class BudgetedEmbedding(MaskedEmbedding):
         return config
 
 
-def _fill(plan: SizePlan, budget: Budget, priority: dict, min_size: int) -> SizePlan:
-    from tfembsize.plan import _fill_by_priority
-
-    flat = plan["t"].astype(np.int64)
-    prio = np.asarray(priority["t"], dtype=np.float64)
-    limit = budget.max_params_for(flat.size)
-    out = SizePlan({"t": _fill_by_priority(flat, prio, limit, budget.d_max)})
-    out.check(budget, min_size=min_size)
-    return out
+def _spread_randomly(
+    sizes: np.ndarray, amount: int, ceil: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Adds ``amount`` units one per row to random rows below ``ceil``, in rounds."""
+    s = sizes.astype(np.int64).copy()
+    while amount > 0:
+        open_rows = np.flatnonzero(s < ceil)
+        if open_rows.size == 0:
+            break
+        take = rng.permutation(open_rows)[:amount]
+        s[take] += 1
+        amount -= take.size
+    return s

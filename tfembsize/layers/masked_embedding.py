@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfembsize._keras import keras, register_serializable
+from tfembsize._keras import is_legacy_keras, keras, register_serializable
 from tfembsize.layers.utils import check_ids_in_range, validate_dim
 
 __all__ = ["MaskedEmbedding"]
@@ -41,8 +41,14 @@ class MaskedEmbedding(keras.layers.Layer):
     no regularisation. Sizes live in a non-trainable int32 variable (default: all
     ``output_dim``), so checkpoints and SavedModels carry them.
 
+    Ids may have any rank (or be a ``tf.RaggedTensor``), as for ``Embedding``. An id outside
+    ``[0, input_dim)`` raises ``tf.errors.InvalidArgumentError`` naming the layer, the id and
+    ``input_dim`` (a GPU gather would silently return zeros); XLA (``jit_compile=True``) drops
+    that check, so compiled code must be given valid ids.
+
     This is the prefix-mask parameterisation of CIESS and BET; a controller chooses the sizes
-    and `assign_sizes` writes them.
+    and `assign_sizes` writes them. For graph backbones that need every row, `masked_table`
+    returns the whole table with masked coordinates zeroed.
 
     Args:
         input_dim: number of rows (vocabulary size).
@@ -90,7 +96,17 @@ class MaskedEmbedding(keras.layers.Layer):
                 f"`min_size` must be an integer in [1, output_dim={output_dim}]. "
                 f"Received: min_size={min_size!r}"
             )
-        kwargs.pop("input_length", None)  # accepted by tf-keras Embedding; meaningless here
+        input_length = kwargs.pop("input_length", None)
+        if input_length is not None:
+            if is_legacy_keras() and "input_shape" not in kwargs:
+                # As tf-keras's Embedding: `input_length` fixes the input shape.
+                kwargs["input_shape"] = (input_length,)
+            else:
+                logger.warning(
+                    "MaskedEmbedding: `input_length` is ignored (as by Keras 3's Embedding). "
+                    "Received: input_length=%r",
+                    input_length,
+                )
         super().__init__(**kwargs)
         self.input_dim = input_dim
         self.output_dim = output_dim
@@ -207,7 +223,12 @@ class MaskedEmbedding(keras.layers.Layer):
 
     # Forward ---------------------------------------------------------------------------------
     def call(self, inputs: Any) -> tf.Tensor:
-        """Looks up ``inputs`` (ids of any rank) and zeros each row's masked coordinates."""
+        """Looks up ``inputs`` (ids of any rank, or ragged) and zeros masked coordinates."""
+        if isinstance(inputs, tf.RaggedTensor):
+            return tf.ragged.map_flat_values(self._lookup, inputs)
+        return self._lookup(inputs)
+
+    def _lookup(self, inputs: Any) -> tf.Tensor:
         ids = tf.convert_to_tensor(inputs)
         if ids.dtype not in (tf.int32, tf.int64):
             ids = tf.cast(ids, tf.int32)
@@ -215,8 +236,11 @@ class MaskedEmbedding(keras.layers.Layer):
         table = tf.convert_to_tensor(self.embeddings)
         rows = tf.gather(table, ids)
         sizes = tf.gather(self._sizes, ids)
-        mask = tf.sequence_mask(sizes, self.output_dim, dtype=rows.dtype)
-        return tf.cast(rows * mask, self.compute_dtype)
+        # Row d of `prefixes` is the mask of size d. Gathering it writes the [..., output_dim]
+        # mask in one pass (tf.sequence_mask takes two: compare, then cast). `prefixes` depends
+        # on nothing, so Grappler folds it into a constant; the saved graph stays small.
+        prefixes = tf.sequence_mask(tf.range(self.output_dim + 1), self.output_dim, rows.dtype)
+        return tf.cast(rows * tf.gather(prefixes, sizes), self.compute_dtype)
 
     def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
         """Padding mask (``ids != 0``) when ``mask_zero`` is set, as in ``Embedding``."""
@@ -237,12 +261,8 @@ class MaskedEmbedding(keras.layers.Layer):
                 "input_dim": self.input_dim,
                 "output_dim": self.output_dim,
                 "min_size": self.min_size,
-                "embeddings_initializer": keras.initializers.serialize(
-                    self.embeddings_initializer
-                ),
-                "embeddings_regularizer": keras.regularizers.serialize(
-                    self.embeddings_regularizer
-                )
+                "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
+                "embeddings_regularizer": keras.regularizers.serialize(self.embeddings_regularizer)
                 if self.embeddings_regularizer is not None
                 else None,
                 "embeddings_constraint": keras.constraints.serialize(self.embeddings_constraint)
@@ -251,4 +271,6 @@ class MaskedEmbedding(keras.layers.Layer):
                 "mask_zero": self.mask_zero,
             }
         )
+        if self.activity_regularizer is not None:
+            config["activity_regularizer"] = keras.regularizers.serialize(self.activity_regularizer)
         return config

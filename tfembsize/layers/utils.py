@@ -7,7 +7,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["find_searchable_layers", "check_ids_in_range", "validate_dim", "iter_layers"]
+__all__ = [
+    "find_searchable_layers",
+    "check_ids_in_range",
+    "ids_out_of_range_message",
+    "validate_dim",
+    "iter_layers",
+]
 
 
 def validate_dim(name: str, value: Any) -> int:
@@ -20,26 +26,52 @@ def validate_dim(name: str, value: Any) -> int:
     return int(value)
 
 
+def ids_out_of_range_message(layer_name: str, input_dim: int, bad_id: Any = None) -> str:
+    """The error message for an out-of-range id (shared by the eager and graph checks)."""
+    # Backticks, not quotes: the graph-mode Assert escapes quotes when it prints the message.
+    msg = f"Layer `{layer_name}`: ids must be in [0, input_dim={input_dim}). Received id"
+    return msg if bad_id is None else f"{msg} {bad_id}."
+
+
 def check_ids_in_range(ids: tf.Tensor, input_dim: int, layer_name: str) -> tf.Tensor:
     """Returns ``ids`` with a run-time check that every id lies in ``[0, input_dim)``.
 
     On GPU an out-of-range gather silently returns zeros, so the check is explicit. The
-    error names the layer, one offending id and ``input_dim``. Under XLA the check compiles
-    to nothing (tf2xla drops ``Assert``), so compiled serving functions validate ids before
-    the compiled region.
+    error (`tf.errors.InvalidArgumentError`) names the layer, one offending id and
+    ``input_dim``. Eagerly it is raised at once with a clean message; in a graph it is a
+    ``tf.debugging.Assert`` that runs before the lookup. Under XLA (``jit_compile=True``) the
+    check compiles to nothing (tf2xla drops ``Assert``) and XLA clamps the gather index, so
+    compiled functions must receive valid ids (validate them before the compiled region).
+
+    Args:
+        ids: integer tensor of any shape.
+        input_dim: number of rows of the table.
+        layer_name: name used in the error message.
+
+    Returns:
+        ``ids``, with the check as a control dependency in graph mode.
+
+    Raises:
+        tf.errors.InvalidArgumentError: eagerly, when an id is negative or >= ``input_dim``.
     """
     if ids.shape.num_elements() == 0:
         return ids
     lo = tf.reduce_min(ids)
     hi = tf.reduce_max(ids)
-    ok = tf.logical_and(lo >= 0, hi < tf.cast(input_dim, ids.dtype))
-    bad = tf.where(hi >= tf.cast(input_dim, ids.dtype), hi, lo)
+    limit = tf.constant(input_dim, dtype=ids.dtype)
+    if tf.executing_eagerly():
+        lo_v, hi_v = int(lo), int(hi)
+        if lo_v < 0 or hi_v >= input_dim:
+            bad = hi_v if hi_v >= input_dim else lo_v
+            raise tf.errors.InvalidArgumentError(
+                None, None, ids_out_of_range_message(layer_name, input_dim, bad)
+            )
+        return ids
+    ok = tf.logical_and(lo >= 0, hi < limit)
+    bad = tf.where(hi >= limit, hi, lo)
     assert_op = tf.debugging.Assert(
         ok,
-        [
-            f"Layer '{layer_name}': ids must be in [0, input_dim={input_dim}). Received id",
-            bad,
-        ],
+        [ids_out_of_range_message(layer_name, input_dim), bad],
         summarize=1,
         name="check_ids_in_range",
     )
