@@ -17,6 +17,17 @@ Usage:
     python benchmarks/paper_protocol.py --data-dir /path/to/lightgcn_format_dir ...
     python benchmarks/paper_protocol.py --dataset synthetic --backbone mf --methods full,es \
         --d-max 16 --max-steps 200 --eval-every 50        # a smoke test in seconds
+    python benchmarks/paper_protocol.py --dataset ml-1m --backbone mf --methods bet,es,mr \
+        --bet-iterations 50 --bet-candidates 100 --bet-epochs 10 \
+        --reuse-cells benchmarks/results/paper_protocol/ml-1m_mf \
+        --out benchmarks/results/paper_protocol/ml-1m_mf_bet
+    python benchmarks/bet_report.py benchmarks/results/paper_protocol/ml-1m_mf_bet
+
+BET (``bet``, and the ablations ``bet-random``, ``bet-sizes-only``) runs one search per seed
+for all sparsities (in OUT/work/<method>__shared__seed<s>, resumable), then retrains the top 5
+actions of each sparsity and reports the one best on validation. ``--bet-*`` set T, m, h and K
+(recorded in the results); ``--reuse-cells`` copies finished cells of another run with the
+same data and recipe instead of computing them again.
 
 Methods are looked up in tfembsize.protocol's registry (``--list-methods``); later
 controllers register themselves there (bet, pep, ciess, esapn).
@@ -84,6 +95,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--patience", type=int, default=None)
     p.add_argument("--monitor", default=None, help="recall@20 (default), ndcg@20 or quality")
+    p.add_argument("--bet-iterations", type=int, default=None, help="BET: T search iterations (50)")
+    p.add_argument(
+        "--bet-candidates", type=int, default=None, help="BET: m candidates per iteration (100)"
+    )
+    p.add_argument(
+        "--bet-epochs",
+        type=float,
+        default=None,
+        help="BET: h fine-tuning epochs per iteration (10; 15 for NGCF)",
+    )
+    p.add_argument("--bet-top-k", type=int, default=None, help="BET: K actions retrained (5)")
+    p.add_argument(
+        "--reuse-cells",
+        default=None,
+        help="comma-separated output directories of other runs whose finished cells (same "
+        "data, backbone, d_max and recipe) are copied instead of rerun",
+    )
     p.add_argument("--max-cells", type=int, default=None, help="stop after N new cells")
     p.add_argument("--list-methods", action="store_true")
     p.add_argument("-v", "--verbose", type=int, default=1)
@@ -129,10 +157,22 @@ def build_config(args: argparse.Namespace):
         else tuple(range(args.seeds))
     )
     out = args.out or str(RESULTS_ROOT / f"{label}_{args.backbone}")
+    methods = _names(args.methods)
+    bet = {
+        k: v
+        for k, v in {
+            "search_iterations": args.bet_iterations,
+            "num_candidates": args.bet_candidates,
+            "finetune_epochs": args.bet_epochs,
+            "top_k": args.bet_top_k,
+        }.items()
+        if v is not None
+    }
+    method_options = {m: dict(bet) for m in methods if m.startswith("bet") and bet}
     return ProtocolConfig(
         dataset=dataset,
         backbone=args.backbone,
-        methods=_names(args.methods),
+        methods=methods,
         sparsities=_floats(args.sparsity),
         seeds=seeds,
         out=out,
@@ -140,6 +180,7 @@ def build_config(args: argparse.Namespace):
         train_config=recipe,
         data_dir=data_dir,
         label=label,
+        method_options=method_options,
     )
 
 
@@ -161,7 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     config = build_config(args)
     cmd = command() if argv is None else "python benchmarks/paper_protocol.py " + shlex.join(argv)
     meta = {"command": cmd, "date": now(), "machine": machine()}
-    report = run_protocol(config, meta=meta, max_cells=args.max_cells, verbose=args.verbose)
+    reuse = [d for d in (args.reuse_cells or "").split(",") if d.strip()]
+    report = run_protocol(
+        config,
+        meta=meta,
+        max_cells=args.max_cells,
+        verbose=args.verbose,
+        reuse_cells_from=reuse,
+    )
     print(open(report.markdown_path, encoding="utf-8").read())
     print(f"Results: {report.json_path}\n         {report.markdown_path}")
     if report.pending:

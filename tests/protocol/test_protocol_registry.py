@@ -13,7 +13,7 @@ from tfembsize.protocol import (
 
 def test_builtin_methods_are_registered():
     names = available_methods()
-    for name in ("full", "es", "mr", "frequency"):
+    for name in ("full", "es", "mr", "frequency", "bet", "bet-random", "bet-sizes-only"):
         assert name in names
     assert get_method("full").budgeted is False
     assert get_method("es").budgeted is True
@@ -35,7 +35,9 @@ def test_register_as_decorator_and_function():
         assert get_method("my-method").budgeted is False
     finally:
         unregister_method("my-method")
-    with pytest.raises(KeyError, match="Unknown method 'my-method'. Registered methods: es, "):
+    with pytest.raises(
+        KeyError, match=r"Unknown method 'my-method'\. Registered methods: .*\bes, "
+    ):
         get_method("my-method")
 
 
@@ -68,7 +70,9 @@ def test_paper_cells():
     assert esapn.recall20 == 0.1579 and "reached sparsity 75%" in esapn.note
 
 
-@pytest.mark.parametrize("name", ["tfembsize.protocol.paper", "tfembsize.search.records"])
+@pytest.mark.parametrize(
+    "name", ["tfembsize.protocol.paper", "tfembsize.protocol.bet", "tfembsize.search.records"]
+)
 def test_docstring_examples(name):
     import doctest
     import importlib

@@ -88,7 +88,12 @@ def test_observation_reference_and_snapshot_step(split, evaluator):
     # epochs convert with the recipe's batch size: ceil(|train| / 128) steps per epoch
     env.step(_plan(split, 3), "snapshot", train_epochs=2)
     per_epoch = -(-split.train.num_interactions // 128)
-    assert rec.configs[-1].max_steps == 2 * per_epoch
+    assert per_epoch == 5  # 600 train interactions, batch 128
+    assert rec.configs[-1].max_steps == 2 * per_epoch and rec.configs[-1].eval_every == 10
+    env.step(_plan(split, 3), "snapshot", train_epochs=0.5)
+    assert rec.configs[-1].max_steps == 3  # ceil(0.5 * 5): an epoch is ceil(|train|/b) steps
+    with pytest.raises(ValueError, match="Pass at most one of `train_steps` and `train_epochs`"):
+        env.step(_plan(split, 3), "snapshot", train_steps=2, train_epochs=1)
     env.step(_plan(split, 3), "scratch", phase="final")
     assert rec.configs[-1].max_steps == CONFIG.max_steps  # final phase: the full recipe
 

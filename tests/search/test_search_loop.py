@@ -185,6 +185,7 @@ def test_tensorboard_and_progbar(tmp_path, fakes, capsys):
         "feedback/recall@20",
         "decision/draw",
         "controller/told",
+        "timing/elapsed",
     ):
         assert tags[tag] == [0, 1], tag
 
@@ -199,3 +200,150 @@ def test_env_feedback_must_be_a_feedback(tmp_path, fakes):
     with pytest.raises(TypeError, match="env.step\\(\\) must return a Feedback"):
         run(make_ctrl(), Bad(), tmp_path, iterations=1, verbose=0, tensorboard=False)
     assert Feedback  # keep import used
+
+
+class _ScriptedController:
+    """Plays a fixed script of decisions (plan size, phase, length); optional best_plans."""
+
+    def __init__(self, script, best=None):
+        from tfembsize.budget import Budget
+
+        self.script = list(script)
+        self.budget = Budget(sparsity=0.5, d_max=8)
+        self.told = 0
+        self.best = best
+
+    @property
+    def done(self):
+        return self.told >= len(self.script)
+
+    def ask(self, obs):
+        from tfembsize.controllers import Decision
+
+        size, phase, length = self.script[self.told]
+        plan = obs.plan_from_sizes(np.full(obs.num_users, size), np.full(obs.num_items, size))
+        mode = "scratch" if phase == "final" else "snapshot"
+        return Decision(plan, mode, budget=self.budget, phase=phase, **length)
+
+    def tell(self, decision, feedback):
+        self.told += 1
+
+    def best_plans(self):
+        return {} if self.best is None else {0.5: self.best}
+
+    def save(self, directory):
+        with open(os.path.join(directory, "told.json"), "w") as f:
+            json.dump(self.told, f)
+
+    def restore(self, directory):
+        with open(os.path.join(directory, "told.json")) as f:
+            self.told = json.load(f)
+
+
+class _KwargsEnv:
+    """Records what the loop passes to step(); quality = size / 8 (final steps score less)."""
+
+    def __init__(self, fakes):
+        self.inner = fakes[1]()
+        self.calls = []
+
+    def observation(self):
+        return self.inner.observation()
+
+    def step(self, plan, mode="scratch", **kwargs):
+        self.calls.append((mode, kwargs))
+        fb = self.inner.step(plan, mode)
+        q = float(plan["user_embedding"][0]) / 8
+        if kwargs.get("phase") == "final":
+            q /= 4  # a full training is scored on another scale than a fine-tuning
+        return fb.replace(quality=q, quality_ratio=q / 0.5, info={"phase": kwargs.get("phase")})
+
+    def snapshot(self):
+        pass
+
+    def restore(self):
+        pass
+
+
+def test_decision_lengths_and_phase_reach_the_environment(tmp_path, fakes):
+    script = [
+        (2, "search", {"train_epochs": 2.5}),
+        (3, "search", {"train_steps": 7}),
+        (1, "final", {}),
+    ]
+    env = _KwargsEnv(fakes)
+    result = run(_ScriptedController(script), env, tmp_path, verbose=0, tensorboard=False)
+    assert env.calls == [
+        ("snapshot", {"train_epochs": 2.5}),
+        ("snapshot", {"train_steps": 7}),
+        ("scratch", {"phase": "final"}),
+    ]
+    infos = [r.info for r in result.history]
+    assert infos[0]["train_epochs"] == 2.5 and infos[1]["train_steps"] == 7
+    assert [r.phase for r in result.history] == ["search", "search", "final"]
+
+
+def test_final_steps_outrank_search_steps_and_the_controller_plan_wins(tmp_path, fakes):
+    script = [
+        (4, "search", {"train_epochs": 1}),  # best search score (0.5)
+        (2, "final", {}),  # final scores: 0.0625 ...
+        (3, "final", {}),  # ... and 0.09375: the best final step
+        (1, "search", {"train_epochs": 1}),
+    ]
+    plain = run(
+        _ScriptedController(script),
+        _KwargsEnv(fakes),
+        tmp_path / "a",
+        verbose=0,
+        tensorboard=False,
+    )
+    assert plain.per_sparsity[0.5].iteration == 2  # only final steps are ranked
+    assert plain.best.iteration == 2 and plain.best_plan == plain.history[2].plan
+    # A controller that names its answer decides, and per_sparsity is the step of that plan.
+    obs = _KwargsEnv(fakes).observation()
+    answer = obs.plan_from_sizes(np.full(obs.num_users, 1), np.full(obs.num_items, 1))
+    ruled = run(
+        _ScriptedController(script, best=answer),
+        _KwargsEnv(fakes),
+        tmp_path / "b",
+        verbose=0,
+        tensorboard=False,
+    )
+    assert ruled.plans[0.5] == answer and ruled.best_plan == answer
+    assert ruled.per_sparsity[0.5].iteration == 3
+    summary = json.loads((tmp_path / "b" / "result.json").read_text())
+    assert summary["best_step_per_sparsity"]["0.5"] == {
+        "iteration": 3,
+        "phase": "search",
+        "quality": 0.125,
+        "quality_ratio": 0.25,
+        "usable_params": 12,
+    }
+    assert SizePlan.load(tmp_path / "b" / "plans" / "c0.5.json") == answer
+    # Without final steps every step is ranked.
+    only_search = run(
+        _ScriptedController([script[0], script[3]]),
+        _KwargsEnv(fakes),
+        tmp_path / "c",
+        verbose=0,
+        tensorboard=False,
+    )
+    assert only_search.per_sparsity[0.5].iteration == 0
+
+
+def test_elapsed_time_is_recorded_and_survives_a_resume(tmp_path, fakes, stateful_env_cls):
+    make_ctrl, _ = fakes
+    first = run(
+        make_ctrl(seed=3), stateful_env_cls(), tmp_path, iterations=2, verbose=0, tensorboard=False
+    )
+    assert all(r.elapsed is not None and r.elapsed > 0 for r in first.history)
+    resumed = run(
+        make_ctrl(seed=3), stateful_env_cls(), tmp_path, iterations=3, verbose=0, tensorboard=False
+    )
+    assert [r.elapsed for r in resumed.history[:2]] == [r.elapsed for r in first.history]
+    assert resumed.elapsed == pytest.approx(sum(r.elapsed for r in resumed.history))
+    assert resumed.elapsed_by("sparsity") == {0.5: pytest.approx(resumed.elapsed)}
+    assert resumed.elapsed_by("sparsity", phase="final") == {}
+    assert json.loads((tmp_path / "result.json").read_text())["elapsed"] == pytest.approx(
+        resumed.elapsed
+    )

@@ -10,6 +10,9 @@ Recall/NDCG@{5, 20} beside the papers' numbers and the popularity baseline.
     @register_method("my-method")
     def my_method(ctx):          # ctx: MethodContext (split, sparsity, seed, directory, ...)
         return MethodOutput(plan=...)
+
+BET and its ablations are registered as ``bet``, ``bet-random`` and ``bet-sizes-only``
+(`tfembsize.protocol.bet`: one multi-sparsity search per seed, top-5 retraining per cell).
 """
 
 from tfembsize.protocol.paper import PaperCell, paper_cell
@@ -31,8 +34,10 @@ from tfembsize.protocol.runner import (
     markdown_report,
     model_usage,
     popularity_result,
+    ratio_vs_es,
     run_cell,
     run_protocol,
+    search_times,
     summarise_cells,
 )
 
@@ -52,9 +57,11 @@ __all__ = [
     "model_usage",
     "paper_cell",
     "popularity_result",
+    "ratio_vs_es",
     "register_method",
     "run_cell",
     "run_protocol",
+    "search_times",
     "summarise_cells",
     "unregister_method",
 ]

@@ -1,8 +1,10 @@
-"""Built-in methods of the paper protocol: ``full``, ``es``, ``mr`` and ``frequency``.
+"""Built-in methods of the paper protocol: ``full``, ``es``, ``mr``, ``frequency`` and BET.
 
 The baselines go through the same ask/tell interface as the search methods: the method
 builds the controller (`tfembsize.controllers.ES`, `MR`, `FrequencyProportional`) for the
 cell's sparsity and seed, asks it once with the cell's `Observation`, and returns the plan.
+``bet``, ``bet-random`` and ``bet-sizes-only`` are BET and its two ablations
+(`tfembsize.protocol.bet`).
 """
 
 from __future__ import annotations
@@ -74,3 +76,19 @@ register_method(
     controller_method(_frequency),
     description="sizes proportional to training frequency",
 )
+
+
+def _register_bet() -> None:
+    from tfembsize.protocol.bet import BET_VARIANTS, bet_method
+
+    descriptions = {
+        "bet": "BET: budgeted whole-table search with a DeepSets predictor (one search per "
+        "seed for all sparsities; top-5 retraining)",
+        "bet-random": "BET ablation: random candidate selection (no predictor)",
+        "bet-sizes-only": "BET ablation: the predictor sees only the sizes (no frequencies)",
+    }
+    for name, variant in BET_VARIANTS.items():
+        register_method(name, bet_method(**variant), description=descriptions[name])
+
+
+_register_bet()

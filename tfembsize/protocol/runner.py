@@ -12,12 +12,17 @@ For every method and sparsity (spec §1):
 
 Each (method, sparsity, seed) cell is written to ``out/cells/`` as soon as it finishes and
 skipped when the protocol is run again, and the JSON and markdown tables are rewritten after
-every cell, so a killed run resumes where it stopped. The popularity baseline (score = train
-popularity) is reported beside every table: a model that does not beat it did not train.
+every cell, so a killed run resumes where it stopped; finished cells of another run with the
+same data and recipe can be reused (``reuse_cells_from``). The popularity baseline (score =
+train popularity) is reported beside every table: a model that does not beat it did not
+train. With ES in the run, every other method's test R@20 / N@20 is also reported relative
+to ES (``ratio_vs_es``), and search methods' wall time relative to one full training
+(``search_time``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -50,6 +55,8 @@ __all__ = [
     "summarise_cells",
     "markdown_report",
     "model_usage",
+    "ratio_vs_es",
+    "search_times",
     "REPORT_METRICS",
 ]
 
@@ -160,6 +167,8 @@ class MethodContext:
             sparsities at once can run one search in `shared_directory` and answer each
             cell from it).
         root: the run's working root (``out/work``).
+        options: the method's settings from `ProtocolConfig.method_options` (e.g. BET's
+            ``search_iterations``); methods record what they used in their ``info``.
     """
 
     dataset: str
@@ -177,6 +186,7 @@ class MethodContext:
     method: str = ""
     sparsities: tuple[float, ...] = ()
     root: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def shared_directory(self) -> str:
@@ -454,6 +464,9 @@ class ProtocolConfig:
         data_dir: root directory holding the named datasets (default: the shared data dir).
         label: the data set's name in tables and paper lookups when ``dataset`` is a path
             (e.g. ``"gowalla"`` for a LightGCN-format copy of Gowalla).
+        method_options: settings per method name, handed to the method as
+            `MethodContext.options` and written to the results (e.g.
+            ``{"bet": {"search_iterations": 50, "num_candidates": 100}}``).
     """
 
     dataset: str
@@ -467,6 +480,7 @@ class ProtocolConfig:
     split_seed: int = 42
     data_dir: str | None = None
     label: str | None = None
+    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -485,6 +499,12 @@ class ProtocolConfig:
             raise ValueError("`seeds` must hold at least one seed.")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"`seeds` must be distinct. Received: seeds={self.seeds!r}")
+        unknown = sorted(set(self.method_options) - set(self.methods))
+        if unknown:
+            raise ValueError(
+                f"`method_options` names methods that do not run: {unknown} (methods: "
+                f"{list(self.methods)})."
+            )
 
     def cells(self) -> list[tuple[str, float | None, int]]:
         """Every (method, sparsity, seed) cell, seed-major, in table order."""
@@ -569,6 +589,51 @@ def summarise_cells(cells: Sequence[CellResult], order: Sequence[str]) -> list[d
     return rows
 
 
+def ratio_vs_es(summary: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Test R@20 and N@20 of every budgeted method over ES's at the same sparsity.
+
+    Returns:
+        ``{method: {"<c>": {"recall@20": ratio, "ndcg@20": ratio}}}`` for every method other
+        than ``es`` with a row at a sparsity where ``es`` has one (means over seeds).
+    """
+    es = {row["sparsity"]: row for row in summary if row["method"] == "es"}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for row in summary:
+        c = row["sparsity"]
+        if row["method"] == "es" or c is None or c not in es:
+            continue
+        ratios = {}
+        for metric in ("recall@20", "ndcg@20"):
+            den = es[c][f"test_{metric}"]["mean"]
+            num = row[f"test_{metric}"]["mean"]
+            ratios[metric] = num / den if den > 0 else math.nan
+        out.setdefault(row["method"], {})[f"{c:g}"] = ratios
+    return out
+
+
+_TIMING_KEYS = ("search_time", "full_train_time", "search_vs_full_train_ratio")
+
+
+def search_times(cells: Sequence[CellResult]) -> dict[str, dict[str, dict[str, float]]]:
+    """Search wall time, one full training's wall time and their ratio, per method and c.
+
+    Read from the cells' ``info`` (search methods such as BET record ``search_time``,
+    ``full_train_time`` and ``search_vs_full_train_ratio``); means over seeds.
+    """
+    groups: dict[tuple[str, str], list[CellResult]] = {}
+    for c in cells:
+        if all(c.info.get(k) is not None for k in _TIMING_KEYS):
+            c_key = "none" if c.sparsity is None else f"{c.sparsity:g}"
+            groups.setdefault((c.method, c_key), []).append(c)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (method, c_key), group in sorted(groups.items()):
+        row: dict[str, float] = {"n": len(group)}
+        for k in _TIMING_KEYS:
+            row[k] = statistics.fmean(float(c.info[k]) for c in group)
+        out.setdefault(method, {})[c_key] = row
+    return out
+
+
 # Markdown ----------------------------------------------------------------------------------
 def _fmt(stat: Mapping[str, float], n: int) -> str:
     m, s = stat["mean"], stat["std"]
@@ -631,6 +696,8 @@ def markdown_report(report: ProtocolReport) -> str:
             f"{pop.get('ndcg@20', math.nan):.4f} | 0 | — | — | — | — |"
         )
     lines.append("")
+    lines.extend(_ratio_lines(report))
+    lines.extend(_timing_lines(report))
     if report.pending:
         lines.append(
             f"{len(report.pending)} cells still to run: "
@@ -648,6 +715,53 @@ def markdown_report(report: ProtocolReport) -> str:
         )
         lines.append("")
     return "\n".join(lines)
+
+
+def _ratio_lines(report: ProtocolReport) -> list[str]:
+    cfg = report.config
+    ratios = ratio_vs_es(report.summary)
+    if not ratios:
+        return []
+    lines = [
+        "Test R@20 / N@20 relative to ES at the same sparsity (same recipe and seeds), beside "
+        "the paper's ratio of the same cells:",
+        "",
+        "| method | c | R@20 / ES | N@20 / ES | paper R@20 / ES |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for method, by_c in ratios.items():
+        for c_key, r in by_c.items():
+            c = float(c_key)
+            ours, es = (paper_cell(cfg.name, cfg.backbone, m, c) for m in (method, "es"))
+            paper = "—"
+            if ours.available and es.available:
+                paper = f"{ours.recall20 / es.recall20:.3f} ({ours.backbone})"
+            lines.append(
+                f"| {method} | {c:.0%} | {r['recall@20']:.3f} | {r['ndcg@20']:.3f} | {paper} |"
+            )
+    lines.append("")
+    return lines
+
+
+def _timing_lines(report: ProtocolReport) -> list[str]:
+    times = search_times(report.cells)
+    if not times:
+        return []
+    lines = [
+        "Search wall time against one full training of the backbone in the same run:",
+        "",
+        "| method | c | search s | full training s | search / full training |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for method, by_c in times.items():
+        for c_key, t in by_c.items():
+            c = "—" if c_key == "none" else f"{float(c_key):.0%}"
+            lines.append(
+                f"| {method} | {c} | {t['search_time']:.0f} | {t['full_train_time']:.0f} | "
+                f"{t['search_vs_full_train_ratio']:.2f} |"
+            )
+    lines.append("")
+    return lines
 
 
 # The protocol ------------------------------------------------------------------------------
@@ -689,6 +803,7 @@ def run_protocol(
     meta: Mapping[str, Any] | None = None,
     max_cells: int | None = None,
     verbose: int = 1,
+    reuse_cells_from: Sequence[str | os.PathLike] = (),
 ) -> ProtocolReport:
     """Runs (or resumes) every cell of ``config`` and writes the tables.
 
@@ -701,6 +816,11 @@ def run_protocol(
         meta: extra JSON written at the top of the results (command, machine, date).
         max_cells: stop after this many new cells (tests use it to simulate a kill).
         verbose: 0 silent, 1 one log line per cell.
+        reuse_cells_from: output directories of other protocol runs; before a cell runs, a
+            finished cell of the same key there is copied instead (its ``info`` gets
+            ``reused_from``) if that run used the same data, split, backbone, ``d_max`` and
+            recipe, and the same `ProtocolConfig.method_options` for the cell's method.
+            Checked before every cell, so cells another run finishes meanwhile are picked up.
 
     Returns:
         A `ProtocolReport` (also written as ``results.json`` and ``results.md`` in
@@ -755,12 +875,36 @@ def run_protocol(
     finished = _load_cells(cells_dir)
     todo = [c for c in config.cells() if cell_key(*c) not in finished]
     report = _write_report(config, finished, popularity, dataset_info, recipe, todo, out, meta)
+    signature = _run_signature(config, dataset_info, recipe)
+    sources = [os.path.abspath(os.fspath(d)) for d in reuse_cells_from]
+
+    def reuse(cell: tuple[str, float | None, int]) -> bool:
+        """Copies a finished cell of another run; True if it did."""
+        key = cell_key(*cell)
+        options = json.loads(json.dumps(dict(config.method_options.get(cell[0], {}))))
+        reused = _reusable_cell(key, sources, {**signature, "method_options": options})
+        if reused is None:
+            return False
+        _write_json(os.path.join(cells_dir, f"{key}.json"), reused.to_dict())
+        finished[key] = reused
+        todo.remove(cell)
+        if verbose:
+            logger.info("Cell %s: reused from %s.", key, reused.info["reused_from"])
+        return True
+
+    if sources and any([reuse(cell) for cell in list(todo)]):
+        report = _write_report(config, finished, popularity, dataset_info, recipe, todo, out, meta)
     ran = 0
     for name, sparsity, seed in list(todo):
+        key = cell_key(name, sparsity, seed)
+        if sources and reuse((name, sparsity, seed)):  # finished meanwhile by the other run
+            report = _write_report(
+                config, finished, popularity, dataset_info, recipe, todo, out, meta
+            )
+            continue
         if max_cells is not None and ran >= max_cells:
             break
         method = methods[name]
-        key = cell_key(name, sparsity, seed)
         ctx = MethodContext(
             dataset=config.dataset,
             backbone=config.backbone,
@@ -777,6 +921,7 @@ def run_protocol(
             method=name,
             sparsities=tuple(float(x) for x in config.sparsities),
             root=os.path.join(out, "work"),
+            options=dict(config.method_options.get(name, {})),
         )
         if verbose:
             logger.info("Cell %s: running.", key)
@@ -797,6 +942,54 @@ def run_protocol(
             )
         report = _write_report(config, finished, popularity, dataset_info, recipe, todo, out, meta)
     return report
+
+
+def _run_signature(
+    config: ProtocolConfig, dataset_info: Mapping[str, Any], recipe: Mapping[str, Any]
+) -> dict:
+    """What two runs must share for their cells to be interchangeable (JSON-normalised)."""
+    return json.loads(
+        json.dumps(
+            {
+                "name": config.name,
+                "backbone": config.backbone,
+                "d_max": config.d_max,
+                "split_seed": config.split_seed,
+                "dataset": dict(dataset_info),
+                "recipe": dict(recipe),
+            },
+            default=_jsonable,
+        )
+    )
+
+
+def _reusable_cell(key: str, sources: Sequence[str], signature: Mapping[str, Any]) -> Any:
+    """A finished cell ``key`` of another run with the same signature, or None."""
+    for src in sources:
+        cell_path = os.path.join(src, "cells", f"{key}.json")
+        results_path = os.path.join(src, "results.json")
+        if not (os.path.exists(cell_path) and os.path.exists(results_path)):
+            continue
+        with open(results_path, encoding="utf-8") as f:
+            other = json.load(f)
+        cfg = other.get("config", {})
+        theirs = {
+            "name": cfg.get("name"),
+            "backbone": cfg.get("backbone"),
+            "d_max": cfg.get("d_max"),
+            "split_seed": cfg.get("split_seed"),
+            "dataset": other.get("dataset"),
+            "recipe": other.get("recipe"),
+            "method_options": (cfg.get("method_options") or {}).get(key.split("__")[0], {}),
+        }
+        if theirs != signature:
+            diff = sorted(k for k in signature if theirs.get(k) != signature[k])
+            logger.warning("Not reusing %s from %s: it differs in %s.", key, src, diff)
+            continue
+        with open(cell_path, encoding="utf-8") as f:
+            cell = CellResult.from_dict(json.load(f))
+        return dataclasses.replace(cell, info={**cell.info, "reused_from": src})
+    return None
 
 
 def _write_report(
@@ -844,11 +1037,21 @@ def _write_report(
             "seeds": list(config.seeds),
             "d_max": config.d_max,
             "split_seed": config.split_seed,
+            "method_options": {k: dict(v) for k, v in config.method_options.items()},
         },
         "dataset": dict(dataset_info),
         "recipe": dict(recipe),
         "popularity": popularity,
         "summary": list(summary),
+        "ratio_vs_es": {
+            m: {c: r["recall@20"] for c, r in by_c.items()}
+            for m, by_c in ratio_vs_es(summary).items()
+        },
+        "ndcg_ratio_vs_es": {
+            m: {c: r["ndcg@20"] for c, r in by_c.items()}
+            for m, by_c in ratio_vs_es(summary).items()
+        },
+        "search_time": search_times(cells),
         "paper": paper,
         "cells": [c.to_dict() for c in cells],
         "pending": [cell_key(*p) for p in todo],

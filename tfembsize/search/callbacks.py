@@ -36,7 +36,8 @@ def step_scalars(record: StepRecord, *, d_max: int | None = None) -> dict[str, f
 
     ``feedback/*`` are the environment's numbers (quality, ratio, params, density, wall time,
     loss and any named metrics); ``decision/*`` are the numeric entries of the controller's
-    decision info (e.g. predicted fitness); ``status/failed`` is 1 for a failed step.
+    decision info (e.g. predicted fitness); ``status/failed`` is 1 for a failed step;
+    ``timing/elapsed`` is the loop's wall-clock time of the whole step.
     """
     fb: Feedback = record.feedback
     out: dict[str, float] = {
@@ -44,6 +45,8 @@ def step_scalars(record: StepRecord, *, d_max: int | None = None) -> dict[str, f
         "feedback/usable_params": float(fb.usable_params),
         "feedback/wall_time": fb.wall_time,
     }
+    if record.elapsed is not None:
+        out["timing/elapsed"] = float(record.elapsed)
     rows = record.plan.num_rows()
     if rows and d_max:
         out["feedback/density"] = fb.usable_params / (float(d_max) * rows)

@@ -14,9 +14,12 @@ recipe. Anything with these four methods is an environment (`Environment`, a
     full-size reference model (``reference``). The loop fills in the iteration, the current
     plan and the last feedback from its history.
 
-``step(plan, mode="scratch", *, train_steps=None) -> Feedback``
+``step(plan, mode="scratch", *, train_steps=None, train_epochs=None, phase="search") -> Feedback``
     Applies the `SizePlan` to the model's searchable layers, trains, evaluates on the
-    validation split and returns a `Feedback`. ``mode`` says where training starts:
+    validation split and returns a `Feedback`. The loop passes a decision's
+    ``train_steps`` / ``train_epochs`` (a fixed length; an epoch is ceil(|train| / batch)
+    steps of the environment's recipe) and a non-default ``phase`` (``"final"``: a full
+    training of a result candidate) as keywords. ``mode`` says where training starts:
 
     * ``"scratch"``: from a fresh random initialisation (CIESS: a new backbone per step);
     * ``"snapshot"``: from the weights stored by the last `snapshot` (BET: the pretrained

@@ -6,14 +6,17 @@ implements `tfembsize.search.Environment`:
 1. ``observation = env.observation()`` (the table layout, frequencies, the full-size reference)
    with the iteration, current plan and last feedback filled in from the run's history;
 2. ``decision = controller.ask(observation)`` (a plan and an environment mode);
-3. ``feedback = env.step(decision.plan, decision.mode)``;
+3. ``feedback = env.step(decision.plan, decision.mode, **length)``, where the decision's
+   ``train_steps`` / ``train_epochs`` (when set) and a non-default ``phase`` (``"final"``)
+   are passed as keywords;
 4. ``controller.tell(decision, feedback)``;
 5. the run state is written atomically into ``directory``.
 
 Directory layout (everything JSON or ``.npz``; no pickle)::
 
     run.json                 commit record: completed steps, current checkpoint, finished flag
-    history.jsonl            one JSON line per completed step (scalars of the feedback)
+    history.jsonl            one JSON line per completed step (scalars of the feedback and
+                             the step's wall-clock ``elapsed`` seconds)
     steps/000012.npz         plan and per-entity arrays of step 12
     checkpoints/000012/      controller.save(...) and env.save_state(...) after step 12
     env/                     the environment's persistent files (e.g. the pretrained model)
@@ -34,8 +37,9 @@ import logging
 import math
 import os
 import shutil
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -72,21 +76,33 @@ def step_score(record: StepRecord) -> float:
 class SearchResult:
     """What `run` returns.
 
+    How the answer is chosen, per target sparsity c:
+
+    1. The controller decides when it can: if it has ``best_plans()`` (every
+       `tfembsize.controllers.Controller` has), its plan for c is the answer (``plans[c]``),
+       and ``per_sparsity[c]`` is the best step that evaluated exactly that plan (a
+       ``phase="final"`` step if there is one).
+    2. Otherwise, and when the controller's plan was never evaluated by a step, steps are
+       ranked by `step_score` among those whose plan satisfies B(c), counting only
+       ``phase="final"`` steps (full trainings of result candidates) when any exist: a search
+       step's score (e.g. BET's fitness after a few fine-tuning epochs) is not comparable with
+       a full training's.
+
     Args:
         history: every completed step in order.
-        per_sparsity: for each target sparsity of the controller, the best step whose plan
-            satisfies that budget (None if no step did). Ranked by `step_score`.
-        plans: the controller's answer per sparsity (``controller.best_plans()``, e.g. BET
-            after selective retraining); for a controller without ``best_plans`` the plans of
-            ``per_sparsity``.
+        per_sparsity: for each target sparsity of the controller, the step of its answer
+            (see above; None if no step qualifies).
+        plans: the answer per sparsity: ``controller.best_plans()`` where it gives a plan,
+            else the plan of ``per_sparsity``.
         reference: the full-size reference feedback of the environment, if any.
         directory: the run directory.
         finished: True when the controller said it was done (or ``iterations`` was reached).
+        best: the answer's step for the loosest of the controller's budgets (without budgets:
+            the best step, final steps first).
 
     Attributes:
-        best: the best step overall among steps whose plans satisfy the loosest of the
-            controller's budgets (any step if the controller has no budget).
-        best_plan: ``best.plan`` (None if no step succeeded).
+        best_plan: the answer for the loosest budget (``plans``), else ``best.plan``.
+        elapsed: wall-clock seconds of the committed steps, summed over resumes.
     """
 
     history: tuple[StepRecord, ...]
@@ -99,12 +115,34 @@ class SearchResult:
 
     @property
     def best_plan(self) -> SizePlan | None:
-        """The answer: the controller's plan if it has one target, else the best step's plan."""
-        if len(self.plans) == 1:
-            (plan,) = self.plans.values()
+        """The answer for the loosest budget (the controller's if it has one), else None."""
+        if self.plans:
+            plan = self.plans[min(self.plans)]
             if plan is not None:
                 return plan
         return None if self.best is None else self.best.plan
+
+    @property
+    def elapsed(self) -> float:
+        """Wall-clock seconds of the committed steps (steps without a measurement count 0)."""
+        return float(sum(r.elapsed or 0.0 for r in self.history))
+
+    def elapsed_by(self, key: str = "sparsity", phase: str | None = None) -> dict[Any, float]:
+        """`elapsed` grouped by a decision-info entry (e.g. per target sparsity).
+
+        Args:
+            key: the ``StepRecord.info`` entry to group by (steps without it are left out).
+            phase: count only steps of this phase (``"search"`` or ``"final"``); None: all.
+
+        Returns:
+            ``{value: seconds}``.
+        """
+        out: dict[Any, float] = {}
+        for r in self.history:
+            if key not in r.info or (phase is not None and r.phase != phase):
+                continue
+            out[r.info[key]] = out.get(r.info[key], 0.0) + (r.elapsed or 0.0)
+        return out
 
     @property
     def best_feedback(self) -> Feedback | None:
@@ -118,8 +156,16 @@ class SearchResult:
         )
 
 
-def _best(records: Sequence[StepRecord]) -> StepRecord | None:
+def _best(records: Sequence[StepRecord], plan: SizePlan | None = None) -> StepRecord | None:
+    """The best successful step: of ``plan`` if given and evaluated, final steps first."""
     ok = [r for r in records if r.feedback.ok]
+    if plan is not None:
+        same = [r for r in ok if r.plan == plan]
+        if same:
+            ok = same
+    final = [r for r in ok if r.phase == "final"]
+    if final:
+        ok = final
     if not ok:
         return None
     return max(ok, key=lambda r: (step_score(r), -r.iteration))
@@ -159,24 +205,23 @@ def _summarise(
     finished: bool,
     controller: Any = None,
 ) -> SearchResult:
-    per: dict[float, StepRecord | None] = {}
-    for s in sorted(budgets):
-        b = budgets[s]
-        per[s] = _best([r for r in history if r.plan.fits(b)])
-    plans: dict[float, SizePlan | None] = {
-        s: (None if r is None else r.plan) for s, r in per.items()
-    }
+    chosen: dict[float, SizePlan] = {}
     best_plans = getattr(controller, "best_plans", None)
     if callable(best_plans):
         for s, plan in best_plans().items():
             if plan is not None:
                 plan.check(budgets.get(float(s)) or Budget(sparsity=float(s)))
-            plans[float(s)] = plan
-    if budgets:
-        loosest = budgets[min(budgets)]
-        best = _best([r for r in history if r.plan.fits(loosest)])
-    else:
-        best = _best(history)
+                chosen[float(s)] = plan
+    per: dict[float, StepRecord | None] = {}
+    for s in sorted(budgets):
+        b = budgets[s]
+        per[s] = _best([r for r in history if r.plan.fits(b)], chosen.get(s))
+    plans: dict[float, SizePlan | None] = {
+        s: chosen.get(s, None if r is None else r.plan) for s, r in per.items()
+    }
+    for s, plan in chosen.items():
+        plans.setdefault(s, plan)
+    best = per[min(budgets)] if budgets else _best(history)
     return SearchResult(
         history=tuple(history),
         per_sparsity=per,
@@ -221,6 +266,7 @@ def _save_step(directory: str, record: StepRecord) -> dict:
         "info": dict(record.info),
         "plan_params": record.plan.total_params(),
         "feedback": record.feedback.scalars(),
+        "elapsed": record.elapsed,
     }
 
 
@@ -235,6 +281,7 @@ def _load_step(directory: str, line: Mapping[str, Any]) -> StepRecord:
         mode=line["mode"],
         feedback=Feedback.from_dict(line["feedback"], arrays),
         info=line.get("info") or {},
+        elapsed=line.get("elapsed"),
     )
 
 
@@ -465,6 +512,7 @@ def run(
     cb.on_search_begin(completed=len(history), target=target, observation=base)
 
     finished = False
+    mark: float | None = None  # when the last step's time was taken (its commit follows)
     while True:
         it = len(history)
         if iterations is not None and it >= iterations:
@@ -473,6 +521,7 @@ def run(
         if iterations is None and _controller_done(controller):
             finished = True
             break
+        t0 = mark if mark is not None else time.perf_counter()
         last = history[-1] if history else None
         obs = base.replace(
             iteration=it,
@@ -496,7 +545,9 @@ def run(
             logger.warning("Step %d failed: %s", it, feedback.message)
         controller.tell(decision, feedback)
         record = StepRecord(iteration=it, plan=plan, mode=mode, feedback=feedback, info=info)
-        _commit(directory, record, controller, env if stateful else None, history_path)
+        record, mark = _commit(
+            directory, record, controller, env if stateful else None, history_path, t0
+        )
         history.append(record)
         result_so_far = _summarise(history, budgets, base.reference, directory, False, controller)
         if result_so_far.best_plan is not None:
@@ -522,6 +573,7 @@ def _write_result(directory: str, result: SearchResult) -> None:
             if record is None
             else {
                 "iteration": record.iteration,
+                "phase": record.phase,
                 "quality": record.feedback.quality,
                 "quality_ratio": record.feedback.quality_ratio,
                 "usable_params": record.feedback.usable_params,
@@ -539,6 +591,7 @@ def _write_result(directory: str, result: SearchResult) -> None:
             "best_step_per_sparsity": per,
             "plans": {f"{s:g}": f"plans/c{s:g}.json" for s, p in result.plans.items() if p},
             "reference_quality": None if result.reference is None else result.reference.quality,
+            "elapsed": result.elapsed,
         },
     )
 
@@ -560,7 +613,16 @@ def _commit(
     controller: Any,
     env: StatefulEnvironment | None,
     history_path: str,
-) -> None:
+    started: float,
+) -> tuple[StepRecord, float]:
+    """Writes the step, then the checkpoint, then run.json (the commit).
+
+    Returns the record with its ``elapsed`` seconds (from ``started`` to just before its
+    history line is written) and that moment: the next step's time starts there, so this
+    step's checkpoint and callbacks count in the next step (the last step's in none).
+    """
+    now = time.perf_counter()
+    record = replace(record, elapsed=now - started)
     line = _save_step(directory, record)
     _append_line(history_path, line)
     name = f"{record.iteration:06d}"
@@ -579,3 +641,4 @@ def _commit(
     _write_json_atomic(os.path.join(directory, "run.json"), state)
     if previous and previous != ckpt_rel:
         shutil.rmtree(os.path.join(directory, previous), ignore_errors=True)
+    return record, now

@@ -565,7 +565,10 @@ class StepRecord:
         mode: the environment mode of the step.
         feedback: the environment's feedback.
         info: JSON details the controller attached to its decision (e.g. predicted fitness,
-            target sparsity).
+            target sparsity, ``phase``).
+        elapsed: wall-clock seconds of the whole step as the search loop measured it (the
+            controller's ask and tell, the environment step and the commit); None when
+            unknown. A measurement, not part of the step's identity: equality ignores it.
     """
 
     iteration: int
@@ -573,9 +576,22 @@ class StepRecord:
     mode: str
     feedback: Feedback
     info: Mapping[str, Any] = field(default_factory=dict)
+    elapsed: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "info", _json_scalar("info", dict(self.info)))
+        if self.elapsed is not None:
+            object.__setattr__(self, "elapsed", float(self.elapsed))
+
+    @property
+    def phase(self) -> str:
+        """``"final"`` for a full training of a result candidate, else ``"search"``.
+
+        Read from the decision's info (the loop records a decision's ``phase`` there), else
+        from the feedback's info (`KerasEnvironment` records the phase it trained in).
+        """
+        phase = self.info.get("phase") or self.feedback.info.get("phase")
+        return "final" if phase == "final" else "search"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, StepRecord):

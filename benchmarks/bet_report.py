@@ -1,0 +1,240 @@
+"""BET against ES and MR from a paper-protocol run: the evidence table of issue 5.
+
+Reads OUT/results.json written by ``benchmarks/paper_protocol.py`` (methods bet, es, mr and
+optionally the ablations bet-random and bet-sizes-only) and writes
+``results/<name>.{json,md}`` (default name ``bet_<dataset>_<backbone>``) with
+``benchmarks/common.write_results``:
+
+- test R@20 / N@20 of BET, ES and MR per sparsity (mean ± std over seeds), whether BET beats
+  both, and ``ratio_vs_es`` (BET R@20 / ES R@20) beside the BET paper's ratio of the same
+  sparsity (LightGCN rows on Gowalla, spec §7.2; the paper has neither MF nor ML-1M);
+- ``search_vs_full_train_ratio``: BET's search wall time per sparsity (T iterations of
+  fine-tuning and the predictor's work, summed over resumes) over the wall time of one full
+  training of the backbone measured in the same run (the pretraining of BET's reference);
+- the ablation of the paper's Table 2 where present (predictor vs random selection vs a
+  predictor that sees only sizes);
+- T, m, h, K, the fine-tuning recipe and the popularity baseline.
+
+Usage:
+    python benchmarks/bet_report.py benchmarks/results/paper_protocol/gowalla_mf
+    python benchmarks/bet_report.py OUT --name bet_gowalla_mf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+PAPER_DATASET = "gowalla"  # the BET paper's data set with ES/MR rows (spec §7.2)
+PAPER_BACKBONE = "lightgcn"
+ABLATIONS = ("bet", "bet-random", "bet-sizes-only")
+
+
+def _stat(row: dict | None, metric: str) -> dict | None:
+    if row is None:
+        return None
+    s = row[f"test_{metric}"]
+    return {"mean": s["mean"], "std": s["std"], "n": row["n"]}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return a / b
+
+
+def build_report(results: dict, source: str = "") -> tuple[dict, str]:
+    """The payload and the markdown of the report from a protocol ``results.json``."""
+    from tfembsize.protocol import paper_cell
+
+    cfg = results["config"]
+    rows = {(r["method"], r["sparsity"]): r for r in results["summary"]}
+    sparsities = sorted({c for _, c in rows if c is not None})
+    times = results.get("search_time", {}).get("bet", {})
+    table = []
+    for c in sparsities:
+        bet, es, mr = (rows.get((m, c)) for m in ("bet", "es", "mr"))
+        entry: dict[str, Any] = {"sparsity": c}
+        for name, row in (("bet", bet), ("es", es), ("mr", mr)):
+            entry[name] = None
+            if row is not None:
+                entry[name] = {m: _stat(row, m) for m in ("recall@20", "ndcg@20")}
+                entry[name]["usable_params"] = row["usable_params"]["mean"]
+                entry[name]["budget"] = row["budget"]
+
+        def mean(name: str, metric: str, entry: dict = entry) -> float | None:
+            v = entry.get(name)
+            return None if v is None else v[metric]["mean"]
+
+        paper_bet = paper_cell(PAPER_DATASET, PAPER_BACKBONE, "bet", c)
+        paper_es = paper_cell(PAPER_DATASET, PAPER_BACKBONE, "es", c)
+        entry["ratio_vs_es"] = _ratio(mean("bet", "recall@20"), mean("es", "recall@20"))
+        entry["ndcg_ratio_vs_es"] = _ratio(mean("bet", "ndcg@20"), mean("es", "ndcg@20"))
+        entry["paper_ratio_vs_es"] = (
+            _ratio(paper_bet.recall20, paper_es.recall20) if paper_bet.available else None
+        )
+        entry["paper"] = {
+            m: {"recall@20": p.recall20, "ndcg@20": p.ndcg20}
+            for m, p in (("bet", paper_bet), ("es", paper_es))
+            if p.available
+        }
+        for other in ("es", "mr"):
+            a, b = mean("bet", "recall@20"), mean(other, "recall@20")
+            entry[f"bet_beats_{other}"] = None if a is None or b is None else a > b
+        t = times.get(f"{c:g}")
+        entry["search_time"] = None if t is None else t["search_time"]
+        entry["full_train_time"] = None if t is None else t["full_train_time"]
+        entry["search_vs_full_train_ratio"] = None if t is None else t["search_vs_full_train_ratio"]
+        table.append(entry)
+
+    ablation = {}
+    for c in sparsities:
+        present = {m: rows[(m, c)] for m in ABLATIONS if (m, c) in rows}
+        if len(present) > 1:
+            ablation[f"{c:g}"] = {
+                m: {k: _stat(r, k) for k in ("recall@20", "ndcg@20")} for m, r in present.items()
+            }
+    bet_cells = [cell for cell in results.get("cells", []) if cell["method"] == "bet"]
+    settings = bet_cells[0]["info"].get("settings") if bet_cells else None
+    finetune = bet_cells[0]["info"].get("finetune_recipe") if bet_cells else None
+    payload = {
+        "source": source,
+        "protocol_command": results.get("command"),
+        "protocol_date": results.get("date"),
+        "dataset": cfg["name"],
+        "backbone": cfg["backbone"],
+        "seeds": cfg["seeds"],
+        "num_entities": results["dataset"]["num_entities"],
+        "recipe": results["recipe"],
+        "bet_settings": settings,
+        "bet_finetune_recipe": finetune,
+        "method_options": cfg.get("method_options", {}),
+        "rows": table,
+        "ratio_vs_es": {f"{e['sparsity']:g}": e["ratio_vs_es"] for e in table},
+        "paper_ratio_vs_es": {f"{e['sparsity']:g}": e["paper_ratio_vs_es"] for e in table},
+        "paper_ratio_source": f"BET paper (WSDM 2024) {PAPER_DATASET} {PAPER_BACKBONE} rows, "
+        "spec §7.2",
+        "search_vs_full_train_ratio": {
+            f"{e['sparsity']:g}": e["search_vs_full_train_ratio"] for e in table
+        },
+        "ablation": ablation,
+        "popularity": results.get("popularity"),
+        "pending": results.get("pending", []),
+    }
+    return payload, _markdown(payload)
+
+
+def _fmt(stat: dict | None) -> str:
+    if stat is None or stat["mean"] is None or math.isnan(stat["mean"]):
+        return "—"
+    if stat["n"] > 1:
+        return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+    return f"{stat['mean']:.4f}"
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def _markdown(p: dict) -> str:
+    s = p["bet_settings"] or {}
+    lines = [
+        f"# BET vs ES vs MR: {p['dataset']}, {p['backbone'].upper()} backbone",
+        "",
+        f"Paper protocol (spec §1): retrained from scratch with early stopping on validation, "
+        f"test ranks all items; seeds {p['seeds']}, N = {p['num_entities']:,} rows. BET: "
+        f"T = {s.get('search_iterations', '—')}, m = {s.get('num_candidates', '—')}, "
+        f"h = {s.get('finetune_epochs', '—')}, top K = {s.get('top_k', '—')} retrained, "
+        "chosen on validation.",
+        "",
+        "| c | BET R@20 | ES R@20 | MR R@20 | BET N@20 | ES N@20 | MR N@20 | BET/ES R@20 | "
+        "paper BET/ES R@20 | BET > ES, MR |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for e in p["rows"]:
+
+        def get(m: str, metric: str, e: dict = e) -> dict | None:
+            return None if e[m] is None else e[m][metric]
+
+        beats = "—"
+        if e["bet_beats_es"] is not None and e["bet_beats_mr"] is not None:
+            beats = "yes" if e["bet_beats_es"] and e["bet_beats_mr"] else "no"
+        lines.append(
+            f"| {e['sparsity']:.0%} | {_fmt(get('bet', 'recall@20'))} | "
+            f"{_fmt(get('es', 'recall@20'))} | {_fmt(get('mr', 'recall@20'))} | "
+            f"{_fmt(get('bet', 'ndcg@20'))} | {_fmt(get('es', 'ndcg@20'))} | "
+            f"{_fmt(get('mr', 'ndcg@20'))} | {_num(e['ratio_vs_es'])} | "
+            f"{_num(e['paper_ratio_vs_es'])} | {beats} |"
+        )
+    lines += [
+        "",
+        f"Paper ratio: {p['paper_ratio_source']} (the paper has no MF column; it is the "
+        "closest published BET/ES comparison).",
+        "",
+        "| c | search s | one full training s | search_vs_full_train_ratio |",
+        "| --- | --- | --- | --- |",
+    ]
+    for e in p["rows"]:
+        lines.append(
+            f"| {e['sparsity']:.0%} | {_num(e['search_time'], 0)} | "
+            f"{_num(e['full_train_time'], 0)} | {_num(e['search_vs_full_train_ratio'], 2)} |"
+        )
+    lines += [
+        "",
+        "Search time: BET's T iterations at that sparsity (sampling, predictor, fine-tuning, "
+        "validation), summed over resumes; full training: the reference model's pretraining "
+        "(the same recipe and early stopping as every retraining) in the same run.",
+    ]
+    if p["ablation"]:
+        lines += ["", "Ablation (paper Table 2):", "", "| c | method | R@20 | N@20 |"]
+        lines.append("| --- | --- | --- | --- |")
+        for c, by_method in p["ablation"].items():
+            for m, st in by_method.items():
+                lines.append(
+                    f"| {float(c):.0%} | {m} | {_fmt(st['recall@20'])} | {_fmt(st['ndcg@20'])} |"
+                )
+    pop = (p.get("popularity") or {}).get("test")
+    if pop:
+        lines += [
+            "",
+            f"Popularity baseline (test): R@20 {pop['recall@20']:.4f}, N@20 {pop['ndcg@20']:.4f}.",
+        ]
+    if p["bet_finetune_recipe"]:
+        ft = p["bet_finetune_recipe"]
+        lines += [
+            "",
+            f"BET fine-tuning recipe: Adam lr {ft['learning_rate']:g} x{ft['decay_rate']:g} every "
+            f"{ft['decay_steps']} steps (floor {ft['min_learning_rate']:.3g}), batch "
+            f"{ft['batch_size']}; retraining recipe: `{json.dumps(p['recipe'], sort_keys=True)}`.",
+        ]
+    if p["pending"]:
+        lines += ["", f"Cells still to run: {', '.join(p['pending'])}."]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", help="output directory of benchmarks/paper_protocol.py")
+    parser.add_argument("--name", default=None, help="results name (bet_<dataset>_<backbone>)")
+    args = parser.parse_args(argv)
+    from common import write_results
+
+    path = Path(args.out) / "results.json"
+    results = json.loads(path.read_text())
+    payload, markdown = build_report(results, source=str(path))
+    name = args.name or f"bet_{payload['dataset']}_{payload['backbone']}"
+    jpath, mpath = write_results(name, payload, markdown)
+    print(markdown)
+    print(f"Results: {jpath}\n         {mpath}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

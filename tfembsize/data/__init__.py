@@ -1,0 +1,34 @@
+"""Interaction data: loaders, the per-user split, synthetic data and BPR sampling.
+
+Example:
+    >>> import tfembsize as tes
+    >>> split = tes.data.load_dataset("synthetic").split(0.5, 0.25, 0.25, seed=42)
+    >>> ds = tes.data.bpr_dataset(split.train, batch_size=1024, seed=0)
+"""
+
+from tfembsize.data.interactions import PHASES, Interactions, Split
+from tfembsize.data.loaders import (
+    DATASETS,
+    MalformedFileError,
+    default_data_root,
+    load_dataset,
+    load_lightgcn,
+    load_movielens,
+)
+from tfembsize.data.sampler import BPRSampler, bpr_dataset
+from tfembsize.data.synthetic import synthetic
+
+__all__ = [
+    "BPRSampler",
+    "DATASETS",
+    "Interactions",
+    "MalformedFileError",
+    "PHASES",
+    "Split",
+    "bpr_dataset",
+    "default_data_root",
+    "load_dataset",
+    "load_lightgcn",
+    "load_movielens",
+    "synthetic",
+]

@@ -1,0 +1,1090 @@
+"""CompressedEmbedding: an inference-only table that stores only the kept parameters.
+
+The storage format (`PackedTable`) is a *size-class* layout:
+
+* Rows are grouped into classes of equal stored width ``w`` (by default one class per
+  distinct row size, so nothing is padded) and ordered by ``(class, row id)``. A row's
+  position in that order is its *slot*.
+* ``values`` is one flat float array: the classes one after another, each a row-major
+  ``[count, w]`` block, so a class is a dense matrix (a slice and a reshape, no copy of the
+  index) that a full-table score can multiply directly.
+* ``row_to_slot`` maps row id to slot, bit-packed into int32 words with 8, 16 or 32 bits
+  per row (the fewest that hold ``input_dim - 1``). The class of a slot and its offset in
+  ``values`` follow from the per-class widths and counts, a few dozen integers kept in the
+  layer config, so a lookup needs no other index.
+* Tables used for full-table retrieval (``scoring=True``) also store ``slot_to_row``
+  (same packing) to map top-k slots back to item ids.
+* Unstructured (PEP) masks store each row's non-zeros in column order plus their
+  positions: by default the column indices (8 bits each for ``output_dim <= 256``, 4 per
+  int32 word), which score fastest; optionally (``positions="smallest"``) per class a
+  bitmask of ``ceil(output_dim / 32)`` int32 words per row where that is smaller.
+
+Why this layout (measured in ``benchmarks/export_size_latency.py``, Gowalla-sized tables):
+a few padded width buckets (TorchRec-style) waste 5-15 % of the bytes on padding for
+frequency-based size plans, while exact classes cost nothing beyond the values and a 2-byte
+row map; a flat array with per-row offsets needs the same map plus sizes and cannot be
+scored class block by class block with matmuls.
+
+Lookups, full tables and scores only use ops with GPU kernels and compile with XLA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tfembsize._keras import keras, register_serializable
+from tfembsize.layers.utils import check_ids_in_range, validate_dim
+
+__all__ = ["CompressedEmbedding", "PackedTable", "pack_table", "KINDS"]
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("prefix", "sparse")
+_WORD_BITS = 32
+
+
+# --------------------------------------------------------------------------------------------
+# Bit packing (numpy side)
+# --------------------------------------------------------------------------------------------
+def bits_for(max_value: int) -> int:
+    """The fewest bits in {8, 16, 32} that hold every integer in ``[0, max_value]``."""
+    for bits in (8, 16):
+        if max_value < (1 << bits):
+            return bits
+    return 32
+
+
+def pack_uint(values: np.ndarray, bits: int) -> np.ndarray:
+    """Packs non-negative integers into int32 words, ``32 // bits`` per word, low bits first.
+
+    Args:
+        values: 1-D array of integers in ``[0, 2**bits)``.
+        bits: 8, 16 or 32.
+
+    Returns:
+        int32 array of ``ceil(len(values) * bits / 32)`` words.
+    """
+    values = np.asarray(values, dtype=np.int64).ravel()
+    if values.size and (values.min() < 0 or values.max() >= (1 << bits)):
+        raise ValueError(f"values do not fit in {bits} unsigned bits")
+    if bits == 32:
+        return values.astype(np.uint32).view(np.int32).copy()
+    per = _WORD_BITS // bits
+    n_words = -(-values.size // per)
+    padded = np.zeros(n_words * per, dtype=np.uint64)
+    padded[: values.size] = values
+    shifts = (np.arange(per, dtype=np.uint64) * np.uint64(bits))[None, :]
+    words = np.bitwise_or.reduce(padded.reshape(n_words, per) << shifts, axis=1)
+    return words.astype(np.uint32).view(np.int32) if n_words else np.zeros(0, np.int32)
+
+
+def unpack_uint(words: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of `pack_uint`: the first ``count`` integers (int64) stored in ``words``."""
+    w = np.asarray(words, dtype=np.int32).view(np.uint32).astype(np.uint64)
+    if bits == 32:
+        return w[:count].astype(np.int64)
+    per = _WORD_BITS // bits
+    shifts = (np.arange(per, dtype=np.uint64) * np.uint64(bits))[None, :]
+    out = (w[:, None] >> shifts) & np.uint64((1 << bits) - 1)
+    return out.ravel()[:count].astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Storage format
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PackedTable:
+    """The arrays and class structure of a compressed table (see the module docstring).
+
+    Attributes:
+        input_dim: rows of the table.
+        output_dim: width of a lookup (``d_max``).
+        kind: ``"prefix"`` (row ``n`` keeps its first ``w`` coordinates) or ``"sparse"``
+            (any subset, positions stored).
+        class_widths: stored width of each class, in slot order (ascending).
+        class_counts: rows in each class.
+        colist_classes: for ``"sparse"``, classes ``[0, colist_classes)`` store column
+            indices and the rest store bitmasks; 0 for ``"prefix"``.
+        index_bits: bits per entry of ``row_to_slot`` / ``slot_to_row``.
+        column_bits: bits per stored column index (``"sparse"``), else 0.
+        usable_params: parameters allowed to be non-zero in the source layer.
+        values: float array, the class blocks one after another.
+        row_to_slot: int32 words (packed row -> slot map).
+        slot_to_row: int32 words (packed slot -> row map), or an empty array.
+        columns: int32 words (packed column indices of column-list classes), maybe empty.
+        bitmask: int32 words (bitmasks of bitmask classes), maybe empty.
+    """
+
+    input_dim: int
+    output_dim: int
+    kind: str
+    class_widths: tuple[int, ...]
+    class_counts: tuple[int, ...]
+    colist_classes: int
+    index_bits: int
+    column_bits: int
+    usable_params: int
+    values: np.ndarray
+    row_to_slot: np.ndarray
+    slot_to_row: np.ndarray
+    columns: np.ndarray
+    bitmask: np.ndarray
+
+    @property
+    def scoring(self) -> bool:
+        """Whether the slot -> row map is stored (needed for full-table top-k)."""
+        return self.slot_to_row.size > 0
+
+    @property
+    def mask_words(self) -> int:
+        """int32 words of one row's bitmask."""
+        return -(-self.output_dim // _WORD_BITS)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The stored arrays by name (the weights of a `CompressedEmbedding`)."""
+        return {
+            "values": self.values,
+            "row_to_slot": self.row_to_slot,
+            "slot_to_row": self.slot_to_row,
+            "columns": self.columns,
+            "bitmask": self.bitmask,
+        }
+
+    def value_bytes(self) -> int:
+        """Bytes of the stored values (kept parameters plus any class padding)."""
+        return int(self.values.nbytes)
+
+    def index_bytes(self) -> int:
+        """Bytes of everything that locates the values (maps, columns, bitmasks)."""
+        return int(
+            self.row_to_slot.nbytes
+            + self.slot_to_row.nbytes
+            + self.columns.nbytes
+            + self.bitmask.nbytes
+        )
+
+    def row_widths(self) -> np.ndarray:
+        """Stored width of every row (int32, in row-id order)."""
+        slots = unpack_uint(self.row_to_slot, self.index_bits, self.input_dim)
+        per_slot = np.repeat(
+            np.asarray(self.class_widths, np.int32), np.asarray(self.class_counts, np.int64)
+        )
+        return per_slot[slots].astype(np.int32)
+
+    def to_dense(self) -> np.ndarray:
+        """The full ``[input_dim, output_dim]`` table, zeros where nothing is stored."""
+        n, d = self.input_dim, self.output_dim
+        out = np.zeros((n, d), dtype=self.values.dtype)
+        slot_rows = _slot_to_row_np(self)
+        v_base = c_base = m_base = s0 = 0
+        w_words = self.mask_words
+        for k, (w, c) in enumerate(zip(self.class_widths, self.class_counts, strict=True)):
+            rows = slot_rows[s0 : s0 + c]
+            vals = self.values[v_base : v_base + c * w].reshape(c, w)
+            if self.kind == "prefix":
+                out[rows, :w] = vals
+            elif k < self.colist_classes:
+                cols = unpack_uint(self.columns, self.column_bits, c_base + c * w)[c_base:]
+                np.add.at(out, (np.repeat(rows, w), cols), vals.ravel())
+                c_base += c * w
+            else:
+                words = self.bitmask[m_base : m_base + c * w_words].reshape(c, w_words)
+                bits = _bits_np(words, d)
+                rank = np.cumsum(bits, axis=1) - 1
+                rr, cc = np.nonzero(bits)
+                out[rows[rr], cc] = vals[rr, rank[rr, cc]]
+                m_base += c * w_words
+            v_base += c * w
+            s0 += c
+        return out
+
+
+def _bits_np(words: np.ndarray, d: int) -> np.ndarray:
+    u = words.view(np.uint32).astype(np.uint64)
+    bits = (u[..., None] >> np.arange(_WORD_BITS, dtype=np.uint64)) & np.uint64(1)
+    return bits.reshape(*words.shape[:-1], -1)[..., :d].astype(bool)
+
+
+def _slot_to_row_np(packed: PackedTable) -> np.ndarray:
+    if packed.scoring:
+        return unpack_uint(packed.slot_to_row, packed.index_bits, packed.input_dim)
+    slots = unpack_uint(packed.row_to_slot, packed.index_bits, packed.input_dim)
+    inv = np.empty_like(slots)
+    inv[slots] = np.arange(slots.size)
+    return inv
+
+
+POSITIONS = ("columns", "smallest", "bitmask")
+
+
+def _position_bytes(
+    kind: str, width: int, output_dim: int, column_bits: int, positions: str = "columns"
+) -> tuple[float, bool]:
+    """Bytes per row to locate ``width`` stored values, and whether column lists are used.
+
+    ``positions``: ``"columns"`` (column lists for every row: the fastest to score),
+    ``"bitmask"`` (a bitmask for every row) or ``"smallest"`` (per class, whichever is
+    smaller: column lists for rows with fewer than ``32 * words / column_bits`` values).
+    """
+    if kind == "prefix":
+        return 0.0, False
+    colist = width * column_bits / 8.0
+    bitmask = 4.0 * (-(-output_dim // _WORD_BITS))
+    if positions == "columns":
+        return colist, True
+    if positions == "bitmask":
+        return bitmask, False
+    return (colist, True) if colist < bitmask else (bitmask, False)
+
+
+def merge_classes(
+    widths: np.ndarray,
+    counts: np.ndarray,
+    max_classes: int,
+    row_bytes: Any,
+) -> np.ndarray:
+    """Groups sorted distinct widths into at most ``max_classes`` classes (fewest bytes).
+
+    Rows of distinct width ``widths[i]`` (``counts[i]`` of them) go to a class whose stored
+    width is the largest width in it; ``row_bytes(w)`` is the cost of one row stored at
+    width ``w``. Dynamic programming over the sorted widths, O(K^2 * max_classes).
+
+    Returns:
+        For each distinct width, the stored width of its class.
+    """
+    k = len(widths)
+    if k <= max_classes:
+        return np.asarray(widths).copy()
+    cum = np.concatenate([[0], np.cumsum(counts)])
+    cost_row = np.array([row_bytes(int(w)) for w in widths])
+    inf = np.inf
+    best = np.full((max_classes + 1, k + 1), inf)
+    arg = np.zeros((max_classes + 1, k + 1), dtype=np.int64)
+    best[0, 0] = 0.0
+    for b in range(1, max_classes + 1):
+        for j in range(1, k + 1):
+            cand = best[b - 1, :j] + (cum[j] - cum[:j]) * cost_row[j - 1]
+            i = int(np.argmin(cand))
+            best[b, j], arg[b, j] = cand[i], i
+    b = int(np.argmin(best[1:, k])) + 1
+    out = np.empty(k, dtype=np.int64)
+    j = k
+    while j > 0:
+        i = arg[b, j]
+        out[i:j] = widths[j - 1]
+        j, b = i, b - 1
+    return out
+
+
+def pack_table(
+    table: Any,
+    *,
+    sizes: Any = None,
+    mask: Any = None,
+    usable_params: int | None = None,
+    max_classes: int | None = None,
+    scoring: bool = False,
+    positions: str = "columns",
+) -> PackedTable:
+    """Packs the kept coordinates of a table into the size-class layout.
+
+    Exactly one of ``sizes`` (row ``n`` keeps its first ``sizes[n]`` coordinates) and
+    ``mask`` (a boolean ``[rows, width]`` array of kept coordinates) is needed. A mask that
+    happens to be a prefix mask is stored as ``"prefix"`` (no positions needed).
+
+    Args:
+        table: ``[rows, width]`` float array (values outside the kept set are ignored).
+        sizes: per-row prefix sizes in ``[0, width]``.
+        mask: boolean kept-coordinate mask.
+        usable_params: parameters the source layer may use (default: kept coordinates).
+        max_classes: at most this many size classes (rows padded with stored zeros up to
+            their class width, classes chosen to minimise bytes); None for one class per
+            distinct size (no padding).
+        scoring: also store the slot -> row map (for full-table top-k).
+        positions: for unstructured masks, how non-zeros are located: ``"columns"``
+            (column indices for every row, the default: scoring needs no expansion of the
+            rows), ``"smallest"`` (per class, column indices or a bitmask, whichever is
+            smaller) or ``"bitmask"``.
+
+    Returns:
+        The `PackedTable`.
+
+    Raises:
+        ValueError: bad shapes or sizes, or both / neither of ``sizes`` and ``mask``.
+    """
+    table = np.asarray(table)
+    if table.ndim != 2 or not np.issubdtype(table.dtype, np.floating):
+        raise ValueError(
+            f"`table` must be a 2-D float array. Received shape {table.shape}, dtype {table.dtype}."
+        )
+    n, d = table.shape
+    if (sizes is None) == (mask is None):
+        raise ValueError("pack_table takes exactly one of `sizes` and `mask`.")
+    if positions not in POSITIONS:
+        raise ValueError(
+            f"`positions` must be one of {POSITIONS}. Received: positions={positions!r}"
+        )
+    if max_classes is not None and (
+        isinstance(max_classes, bool)
+        or not isinstance(max_classes, (int, np.integer))
+        or max_classes < 1
+    ):
+        raise ValueError(
+            f"`max_classes` must be a positive integer or None. Received: "
+            f"max_classes={max_classes!r}"
+        )
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (n, d):
+            raise ValueError(
+                f"`mask` must have the table's shape {(n, d)}. Received shape {mask.shape}."
+            )
+        nnz = mask.sum(axis=1).astype(np.int64)
+        is_prefix = bool(np.array_equal(mask, np.arange(d)[None, :] < nnz[:, None]))
+        if is_prefix:
+            sizes, mask = nnz, None
+    if sizes is not None:
+        kind = "prefix"
+        row_w = np.asarray(sizes)
+        if row_w.shape != (n,) or row_w.dtype.kind not in "iu":
+            raise ValueError(
+                f"`sizes` must be an integer vector of length {n}. Received shape "
+                f"{row_w.shape}, dtype {row_w.dtype}."
+            )
+        if n and (row_w.min() < 0 or row_w.max() > d):
+            raise ValueError(
+                f"`sizes` must lie in [0, {d}]. Received range [{row_w.min()}, {row_w.max()}]."
+            )
+        row_w = row_w.astype(np.int64)
+        column_bits = 0
+    else:
+        kind = "sparse"
+        row_w = nnz
+        column_bits = bits_for(d - 1)
+    kept = int(row_w.sum())
+    usable = kept if usable_params is None else int(usable_params)
+
+    distinct, counts = np.unique(row_w, return_counts=True)
+    value_bytes = table.dtype.itemsize
+
+    def row_bytes(w: int) -> float:
+        return w * value_bytes + _position_bytes(kind, w, d, column_bits, positions)[0]
+
+    if max_classes is not None:
+        stored = merge_classes(distinct, counts, int(max_classes), row_bytes)
+    else:
+        stored = distinct.copy()
+    class_of_width = dict(zip(distinct.tolist(), stored.tolist(), strict=True))
+    row_class_w = (
+        np.array([class_of_width[w] for w in row_w.tolist()], dtype=np.int64)
+        if n
+        else np.zeros(0, np.int64)
+    )
+    widths, counts = np.unique(row_class_w, return_counts=True)
+    # Slot order: by class width, then by row id.
+    slot_to_row = np.lexsort((np.arange(n), row_class_w))
+    row_to_slot = np.empty(n, dtype=np.int64)
+    row_to_slot[slot_to_row] = np.arange(n)
+
+    colist_flags = [
+        kind == "sparse" and _position_bytes(kind, int(w), d, column_bits, positions)[1]
+        for w in widths
+    ]
+    colist_classes = int(sum(colist_flags))
+    if any(colist_flags[colist_classes:]):  # widths ascend, so column lists come first
+        raise AssertionError("column-list classes must precede bitmask classes")
+
+    values_parts, col_parts, mask_parts = [], [], []
+    s0 = 0
+    for k, (w, c) in enumerate(zip(widths.tolist(), counts.tolist(), strict=True)):
+        rows = slot_to_row[s0 : s0 + c]
+        s0 += c
+        if kind == "prefix":
+            block = np.zeros((c, w), dtype=table.dtype)
+            keep = np.arange(w)[None, :] < row_w[rows][:, None]
+            block[keep] = table[rows, :w][keep]
+            values_parts.append(block.ravel())
+            continue
+        m = mask[rows]
+        rank = np.cumsum(m, axis=1) - 1
+        rr, cc = np.nonzero(m)
+        block = np.zeros((c, w), dtype=table.dtype)
+        block[rr, rank[rr, cc]] = table[rows[rr], cc]
+        values_parts.append(block.ravel())
+        if k < colist_classes:
+            cols = np.zeros((c, w), dtype=np.int64)
+            cols[rr, rank[rr, cc]] = cc
+            col_parts.append(cols.ravel())
+        else:
+            mask_parts.append(_mask_words_np(m))
+    values = (
+        np.concatenate(values_parts).astype(table.dtype)
+        if values_parts
+        else np.zeros(0, table.dtype)
+    )
+    index_bits = bits_for(max(n - 1, 0))
+    columns = (
+        pack_uint(np.concatenate(col_parts), column_bits) if col_parts else np.zeros(0, np.int32)
+    )
+    bitmask = np.concatenate(mask_parts).astype(np.int32) if mask_parts else np.zeros(0, np.int32)
+    return PackedTable(
+        input_dim=int(n),
+        output_dim=int(d),
+        kind=kind,
+        class_widths=tuple(int(w) for w in widths),
+        class_counts=tuple(int(c) for c in counts),
+        colist_classes=colist_classes,
+        index_bits=index_bits,
+        column_bits=column_bits,
+        usable_params=usable,
+        values=values,
+        row_to_slot=pack_uint(row_to_slot, index_bits),
+        slot_to_row=pack_uint(slot_to_row, index_bits) if scoring else np.zeros(0, np.int32),
+        columns=columns,
+        bitmask=bitmask,
+    )
+
+
+def _mask_words_np(m: np.ndarray) -> np.ndarray:
+    c, d = m.shape
+    w_words = -(-d // _WORD_BITS)
+    padded = np.zeros((c, w_words * _WORD_BITS), dtype=np.uint64)
+    padded[:, :d] = m
+    shifts = np.arange(_WORD_BITS, dtype=np.uint64)
+    words = np.bitwise_or.reduce(padded.reshape(c, w_words, _WORD_BITS) << shifts, axis=2)
+    return words.astype(np.uint32).view(np.int32).ravel()
+
+
+# --------------------------------------------------------------------------------------------
+# Graph helpers (TF side)
+# --------------------------------------------------------------------------------------------
+def _unpack_tf(words: tf.Tensor, index: tf.Tensor, bits: int) -> tf.Tensor:
+    """Reads packed unsigned integers at ``index`` (int32, any shape) from int32 words."""
+    if bits == 32:
+        return tf.gather(words, index)
+    per = _WORD_BITS // bits
+    shift = per.bit_length() - 1
+    w = tf.gather(words, tf.bitwise.right_shift(index, shift))
+    sh = tf.bitwise.bitwise_and(index, per - 1) * bits
+    return tf.bitwise.bitwise_and(tf.bitwise.right_shift(w, sh), (1 << bits) - 1)
+
+
+def _unpack_all_tf(words: tf.Tensor, bits: int, count: int) -> tf.Tensor:
+    """The first ``count`` packed unsigned integers of ``words`` (elementwise, no gather)."""
+    if bits == 32:
+        return words[:count]
+    per = _WORD_BITS // bits
+    shifts = tf.range(per, dtype=tf.int32) * bits
+    out = tf.bitwise.bitwise_and(tf.bitwise.right_shift(words[:, None], shifts), (1 << bits) - 1)
+    return tf.reshape(out, [-1])[:count]
+
+
+def _bits_tf(words: tf.Tensor, d: int) -> tf.Tensor:
+    """Expands ``[..., W]`` int32 words to ``[..., d]`` int32 bits (low bit first)."""
+    shifts = tf.range(_WORD_BITS, dtype=tf.int32)
+    bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(words[..., None], shifts), 1)
+    shape = tf.concat([tf.shape(words)[:-1], [-1]], axis=0)
+    return tf.reshape(bits, shape)[..., :d]
+
+
+@register_serializable
+class CompressedEmbedding(keras.layers.Layer):
+    """An inference-only embedding table that stores only the kept parameters.
+
+    A lookup returns exactly what the searchable layer it was made from returned: row
+    ``n``'s kept coordinates in their places and zeros elsewhere, ``output_dim`` wide, for
+    integer ids of any shape (or ragged). The storage is the size-class layout described in
+    the module docstring: the values of all kept coordinates in one flat array (rows of equal
+    stored width form a dense block), a bit-packed row -> slot map, and for unstructured
+    masks the positions of the non-zeros (column indices, or bitmasks). Stored bytes are
+    4 bytes per usable parameter plus ``index_bits / 8`` bytes per row (twice that for a
+    ``scoring`` table), plus the positions of unstructured masks (1 byte per non-zero with
+    8-bit columns); `tfembsize.export.compression_report` counts all of it.
+
+    Build one with `CompressedEmbedding.from_layer` (from a `MaskedEmbedding`,
+    `BudgetedEmbedding` or a PEP layer) or `from_packed`; `tfembsize.export.compress`
+    replaces every searchable layer of a model with one. The constructor takes the class
+    structure (as `get_config` returns it) and creates zero-filled weights of the right
+    shapes, so Keras model loading and `set_weights` restore the arrays.
+
+    Ids outside ``[0, input_dim)`` raise `tf.errors.InvalidArgumentError` (eagerly at
+    once; in a graph through an ``Assert`` before the lookup). Under XLA the ``Assert`` is
+    dropped and indices are clamped, so validate ids before a compiled region (the
+    signatures written by `tfembsize.export.save_compressed` do).
+
+    Args:
+        input_dim: rows of the table.
+        output_dim: width of a lookup (``d_max`` of the source layer).
+        kind: ``"prefix"`` or ``"sparse"``.
+        class_widths: stored width of each size class (ascending).
+        class_counts: rows in each class (same length, sums to ``input_dim``).
+        usable_params: usable parameters of the source layer (for reports).
+        colist_classes: ``"sparse"`` only: leading classes that store column indices.
+        index_bits: bits per row of the packed maps (8, 16 or 32).
+        column_bits: ``"sparse"`` only: bits per column index (8 or 16).
+        scoring: whether the slot -> row map is stored (enables `top_k`).
+        mask_zero: whether id 0 is padding (as in ``Embedding``).
+        value_dtype: dtype of the stored values (the source table's dtype).
+        **kwargs: base ``Layer`` arguments (``name``, ``dtype``, ...).
+
+    Example:
+        >>> layer = MaskedEmbedding(4, 3, embeddings_initializer="ones")
+        >>> layer.assign_sizes([3, 2, 1, 1])
+        >>> packed = CompressedEmbedding.from_layer(layer)
+        >>> packed(tf.constant([1])).numpy().tolist()
+        [[1.0, 1.0, 0.0]]
+
+    References:
+        Qu et al., "Budgeted Embedding Table For Recommender Systems", WSDM 2024 (the
+        budgets being exported); Liu et al., "Learnable Embedding Sizes for Recommender
+        Systems" (PEP), ICLR 2021 (unstructured masks).
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        *,
+        kind: str,
+        class_widths: Any,
+        class_counts: Any,
+        usable_params: int,
+        colist_classes: int = 0,
+        index_bits: int | None = None,
+        column_bits: int = 0,
+        scoring: bool = False,
+        mask_zero: bool = False,
+        value_dtype: str = "float32",
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("trainable", None)
+        super().__init__(trainable=False, **kwargs)
+        self.input_dim = validate_dim("input_dim", input_dim)
+        self.output_dim = validate_dim("output_dim", output_dim)
+        if kind not in KINDS:
+            raise ValueError(f"`kind` must be one of {KINDS}. Received: kind={kind!r}")
+        self.kind = kind
+        self.class_widths = tuple(int(w) for w in class_widths)
+        self.class_counts = tuple(int(c) for c in class_counts)
+        if len(self.class_widths) != len(self.class_counts) or not self.class_widths:
+            raise ValueError(
+                "`class_widths` and `class_counts` must be non-empty and of equal length. "
+                f"Received {len(self.class_widths)} widths and {len(self.class_counts)} counts."
+            )
+        if sum(self.class_counts) != self.input_dim or min(self.class_counts) < 1:
+            raise ValueError(
+                f"`class_counts` must be positive and sum to input_dim={self.input_dim}. "
+                f"Received sum {sum(self.class_counts)}."
+            )
+        if (
+            list(self.class_widths) != sorted(set(self.class_widths))
+            or self.class_widths[0] < 0
+            or self.class_widths[-1] > self.output_dim
+        ):
+            raise ValueError(
+                "`class_widths` must be strictly increasing within "
+                f"[0, output_dim={self.output_dim}]. Received: {list(self.class_widths)}"
+            )
+        self._usable_params = int(usable_params)
+        self.colist_classes = int(colist_classes) if kind == "sparse" else 0
+        if not 0 <= self.colist_classes <= len(self.class_widths):
+            raise ValueError(
+                f"`colist_classes` must be in [0, {len(self.class_widths)}]. "
+                f"Received: colist_classes={colist_classes!r}"
+            )
+        self.index_bits = (
+            int(index_bits) if index_bits is not None else bits_for(self.input_dim - 1)
+        )
+        if self.index_bits not in (8, 16, 32) or (1 << min(self.index_bits, 40)) < self.input_dim:
+            raise ValueError(
+                f"`index_bits` must be 8, 16 or 32 and hold input_dim - 1. Received: "
+                f"index_bits={index_bits!r} for input_dim={self.input_dim}"
+            )
+        self.column_bits = int(column_bits) if kind == "sparse" else 0
+        if kind == "sparse" and self.colist_classes and self.column_bits not in (8, 16):
+            raise ValueError(
+                f"`column_bits` must be 8 or 16. Received: column_bits={column_bits!r}"
+            )
+        self.scoring = bool(scoring)
+        self.mask_zero = bool(mask_zero)
+        self.supports_masking = self.mask_zero
+        self.value_dtype = tf.as_dtype(value_dtype).name
+        self._derive_structure()
+        with tf.init_scope():
+            self._create_weights()
+        self.built = True
+
+    # Structure --------------------------------------------------------------------------------
+    def _derive_structure(self) -> None:
+        widths = np.asarray(self.class_widths, dtype=np.int64)
+        counts = np.asarray(self.class_counts, dtype=np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        self._bases = np.concatenate([[0], np.cumsum(widths * counts)])
+        self.num_values = int(self._bases[-1])
+        if self.num_values >= 2**31:
+            raise ValueError("CompressedEmbedding holds at most 2**31 - 1 values.")
+        self._mask_words = -(-self.output_dim // _WORD_BITS)
+        k_t = self.colist_classes
+        col = np.zeros(len(widths) + 1, dtype=np.int64)
+        col[1 : k_t + 1] = np.cumsum(widths[:k_t] * counts[:k_t])
+        col[k_t + 1 :] = col[k_t]
+        self._col_bases = col
+        msk = np.zeros(len(widths) + 1, dtype=np.int64)
+        if self.kind == "sparse":
+            msk[k_t + 1 :] = np.cumsum(counts[k_t:] * self._mask_words)
+        self._mask_bases = msk
+        self.num_columns = int(col[-1])
+        self.num_mask_words = int(msk[-1])
+        self._wmax = int(widths.max())
+        self._wmax_colist = int(widths[:k_t].max()) if k_t else 0
+
+    def _shapes(self) -> dict[str, tuple[int, str]]:
+        index_words = -(-self.input_dim * self.index_bits // _WORD_BITS)
+        col_words = -(-self.num_columns * max(self.column_bits, 1) // _WORD_BITS)
+        return {
+            "values": (self.num_values, self.value_dtype),
+            "row_to_slot": (index_words, "int32"),
+            "slot_to_row": (index_words if self.scoring else 0, "int32"),
+            "columns": (col_words if self.num_columns else 0, "int32"),
+            "bitmask": (self.num_mask_words, "int32"),
+        }
+
+    def _create_weights(self) -> None:
+        self._arrays: dict[str, Any] = {}
+        for name, (size, dtype) in self._shapes().items():
+            if name in ("slot_to_row", "columns", "bitmask") and size == 0:
+                continue
+            self._arrays[name] = self.add_weight(
+                name=name, shape=(size,), dtype=dtype, initializer="zeros", trainable=False
+            )
+
+    def build(self, input_shape: Any = None) -> None:
+        """Weights are created by the constructor (their shapes come from the config)."""
+        self.built = True
+
+    @property
+    def weight_names(self) -> tuple[str, ...]:
+        """Names of the stored arrays, in the order of ``get_weights()``."""
+        return tuple(self._arrays)
+
+    # Construction -----------------------------------------------------------------------------
+    @classmethod
+    def config_for(cls, packed: PackedTable) -> dict:
+        """Constructor arguments for a packed table (without ``name``)."""
+        return {
+            "input_dim": packed.input_dim,
+            "output_dim": packed.output_dim,
+            "kind": packed.kind,
+            "class_widths": list(packed.class_widths),
+            "class_counts": list(packed.class_counts),
+            "usable_params": packed.usable_params,
+            "colist_classes": packed.colist_classes,
+            "index_bits": packed.index_bits,
+            "column_bits": packed.column_bits,
+            "scoring": packed.scoring,
+            "value_dtype": packed.values.dtype.name,
+        }
+
+    @classmethod
+    def from_packed(cls, packed: PackedTable, **kwargs: Any) -> CompressedEmbedding:
+        """A layer holding ``packed`` (``kwargs``: ``name``, ``mask_zero``, ``dtype``)."""
+        layer = cls(**cls.config_for(packed), **kwargs)
+        layer.set_packed(packed)
+        return layer
+
+    @classmethod
+    def from_layer(
+        cls,
+        layer: Any,
+        *,
+        scoring: bool = False,
+        max_classes: int | None = None,
+        positions: str = "columns",
+    ) -> CompressedEmbedding:
+        """Compresses a searchable layer (prefix-size or PEP-style).
+
+        The source must expose either ``pruning_mask()`` and ``pruned_table()`` (PEP) or
+        ``sizes`` and ``masked_table()`` (`MaskedEmbedding`, `BudgetedEmbedding`). The new
+        layer has the source's name, ``mask_zero`` and dtype policy.
+
+        Args:
+            layer: the searchable layer.
+            scoring: store the slot -> row map so `top_k` and `scores` work.
+            max_classes: see `pack_table`.
+            positions: see `pack_table`.
+
+        Raises:
+            TypeError: the layer exposes neither interface.
+        """
+        packed = pack_layer(layer, scoring=scoring, max_classes=max_classes, positions=positions)
+        kwargs: dict[str, Any] = {
+            "name": layer.name,
+            "mask_zero": getattr(layer, "mask_zero", False),
+        }
+        policy = getattr(layer, "dtype_policy", None)
+        if policy is not None:
+            kwargs["dtype"] = policy
+        return cls.from_packed(packed, **kwargs)
+
+    def set_packed(self, packed: PackedTable) -> None:
+        """Writes the arrays of ``packed`` (its structure must match this layer's config)."""
+        mine = {k: v for k, v in self.get_config().items() if k in self.config_for(packed)}
+        theirs = self.config_for(packed)
+        if mine != theirs:
+            diff = {k: (mine.get(k), v) for k, v in theirs.items() if mine.get(k) != v}
+            raise ValueError(
+                f"Layer '{self.name}': the packed table does not match the layer's structure "
+                f"(config key: (layer, packed)): {diff}"
+            )
+        arrays = packed.arrays()
+        for name, var in self._arrays.items():
+            var.assign(arrays[name])
+
+    def packed(self) -> PackedTable:
+        """The stored arrays and structure as a `PackedTable` (numpy copies)."""
+        arrays = {name: np.asarray(var.numpy()) for name, var in self._arrays.items()}
+        empty = np.zeros(0, np.int32)
+        return PackedTable(
+            input_dim=self.input_dim,
+            output_dim=self.output_dim,
+            kind=self.kind,
+            class_widths=self.class_widths,
+            class_counts=self.class_counts,
+            colist_classes=self.colist_classes,
+            index_bits=self.index_bits,
+            column_bits=self.column_bits,
+            usable_params=self._usable_params,
+            values=arrays["values"],
+            row_to_slot=arrays["row_to_slot"],
+            slot_to_row=arrays.get("slot_to_row", empty),
+            columns=arrays.get("columns", empty),
+            bitmask=arrays.get("bitmask", empty),
+        )
+
+    def tf_variables(self) -> dict[str, tf.Variable]:
+        """The underlying ``tf.Variable`` of every stored array (for SavedModel export)."""
+        return {name: _as_tf_variable(var) for name, var in self._arrays.items()}
+
+    # Lookups ----------------------------------------------------------------------------------
+    def call(self, inputs: Any) -> tf.Tensor:
+        """Looks up ``inputs`` (integer ids of any rank, or ragged)."""
+        if isinstance(inputs, tf.RaggedTensor):
+            return tf.ragged.map_flat_values(self._lookup, inputs)
+        return self._lookup(inputs)
+
+    def _lookup(self, inputs: Any) -> tf.Tensor:
+        ids = tf.convert_to_tensor(inputs)
+        if ids.dtype != tf.int32:
+            ids = tf.cast(ids, tf.int32)
+        ids = check_ids_in_range(ids, self.input_dim, self.name)
+        flat = tf.reshape(ids, [-1])
+        rows = self.lookup_flat(flat)
+        out_shape = tf.concat([tf.shape(ids), [self.output_dim]], axis=0)
+        return tf.cast(tf.reshape(rows, out_shape), self.compute_dtype)
+
+    def _read(self, name: str) -> tf.Tensor:
+        return tf.convert_to_tensor(self._arrays[name])
+
+    def _class_consts(self) -> dict[str, tf.Tensor]:
+        c = {
+            "widths": tf.constant(np.asarray(self.class_widths, np.int32)),
+            "starts": tf.constant(self._starts[:-1].astype(np.int32)),
+            "bases": tf.constant(self._bases[:-1].astype(np.int32)),
+        }
+        if self.kind == "sparse":
+            c["col_bases"] = tf.constant(self._col_bases[:-1].astype(np.int32))
+            c["mask_bases"] = tf.constant(self._mask_bases[:-1].astype(np.int32))
+        return c
+
+    def _class_of(self, slots: tf.Tensor) -> tf.Tensor:
+        if len(self.class_widths) == 1:
+            return tf.zeros_like(slots)
+        bounds = tf.constant(self._starts[1:-1].astype(np.int32))
+        return tf.reduce_sum(tf.cast(slots[:, None] >= bounds[None, :], tf.int32), axis=1)
+
+    def lookup_flat(self, ids: tf.Tensor) -> tf.Tensor:
+        """Rows for a 1-D int32 tensor of (already validated) ids: ``[m, output_dim]``."""
+        m = tf.shape(ids)[0]
+        d = self.output_dim
+        dtype = tf.as_dtype(self.value_dtype)
+        if self.num_values == 0:
+            return tf.zeros([m, d], dtype)
+        consts = self._class_consts()
+        slots = _unpack_tf(self._read("row_to_slot"), ids, self.index_bits)
+        cls = self._class_of(slots)
+        width = tf.gather(consts["widths"], cls)
+        local = slots - tf.gather(consts["starts"], cls)
+        first = tf.gather(consts["bases"], cls) + local * width
+        values = self._read("values")
+        if self.kind == "prefix":
+            j = tf.range(self._wmax, dtype=tf.int32)
+            valid = j[None, :] < width[:, None]
+            idx = tf.where(valid, first[:, None] + j[None, :], 0)
+            rows = tf.where(valid, tf.gather(values, idx), tf.zeros([], dtype))
+            if self._wmax < d:
+                rows = tf.pad(rows, [[0, 0], [0, d - self._wmax]])
+            return rows
+        out = tf.zeros([m, d], dtype)
+        k_t = self.colist_classes
+        if k_t:
+            is_c = cls < k_t
+            wc = self._wmax_colist
+            j = tf.range(wc, dtype=tf.int32)
+            valid = tf.logical_and(j[None, :] < width[:, None], is_c[:, None])
+            v_idx = tf.where(valid, first[:, None] + j[None, :], 0)
+            vals = tf.where(valid, tf.gather(values, v_idx), tf.zeros([], dtype))
+            c_first = tf.gather(consts["col_bases"], cls) + local * width
+            c_idx = tf.where(valid, c_first[:, None] + j[None, :], 0)
+            cols = _unpack_tf(self._read("columns"), c_idx, self.column_bits)
+            # Scatter-add into [m, d]; padding entries add 0 to column 0 of their row.
+            seg = tf.range(m, dtype=tf.int32)[:, None] * d + tf.where(valid, cols, 0)
+            scattered = tf.math.unsorted_segment_sum(
+                tf.reshape(vals, [-1]), tf.reshape(seg, [-1]), m * d
+            )
+            out += tf.reshape(scattered, [m, d])
+        if k_t < len(self.class_widths):
+            is_b = cls >= k_t
+            nw = self._mask_words
+            w_first = tf.gather(consts["mask_bases"], cls) + local * nw
+            w_idx = tf.where(is_b[:, None], w_first[:, None] + tf.range(nw)[None, :], 0)
+            words = tf.gather(self._read("bitmask"), w_idx)
+            bits = _bits_tf(words, d) * tf.cast(is_b, tf.int32)[:, None]
+            rank = tf.cumsum(bits, axis=1, exclusive=True)
+            on = bits > 0
+            idx = tf.where(on, first[:, None] + rank, 0)
+            out += tf.where(on, tf.gather(values, idx), tf.zeros([], dtype))
+        return out
+
+    def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
+        """Padding mask (``ids != 0``) when ``mask_zero`` is set, as in ``Embedding``."""
+        if not self.mask_zero:
+            return None
+        return tf.not_equal(inputs, 0)
+
+    def compute_output_shape(self, input_shape: Any) -> tuple:
+        """Input shape with ``output_dim`` appended."""
+        return (*tuple(input_shape), self.output_dim)
+
+    # Whole-table operations -------------------------------------------------------------------
+    def masked_table(self) -> tf.Tensor:
+        """The whole ``[input_dim, output_dim]`` table (zeros where nothing is kept).
+
+        Same name as `MaskedEmbedding.masked_table`, so graph backbones that propagate over
+        all rows work unchanged on a compressed model.
+        """
+        rows = self.lookup_flat(tf.range(self.input_dim, dtype=tf.int32))
+        return tf.cast(rows, self.compute_dtype)
+
+    def pruned_table(self) -> tf.Tensor:
+        """Alias of `masked_table` (the name PEP layers use)."""
+        return self.masked_table()
+
+    def usable_params(self) -> int:
+        """Usable parameters of the source layer (what its budget counted)."""
+        return self._usable_params
+
+    def slot_scores(self, queries: tf.Tensor) -> tf.Tensor:
+        """Dot products of ``queries [b, output_dim]`` with every row, in slot order.
+
+        Prefix tables: each size class is a dense ``[count, width]`` block, so this is one
+        matmul per class over the class's ``width`` leading query coordinates; nothing is
+        decompressed. Sparse tables: rows with column lists are scored as gathered products
+        summed per row when the batch is small (at most `small_batch` queries), and
+        expanded to ``output_dim`` once and multiplied otherwise; rows with bitmasks are
+        expanded and multiplied.
+        """
+        q = tf.convert_to_tensor(queries)
+        if self.kind == "sparse":
+            return self._sparse_slot_scores(q)
+        values = tf.cast(self._read("values"), q.dtype)
+        b = tf.shape(q)[0]
+        parts = []
+        for k, (w, c) in enumerate(zip(self.class_widths, self.class_counts, strict=True)):
+            if w == 0:
+                parts.append(tf.zeros([b, c], q.dtype))
+                continue
+            base = int(self._bases[k])
+            block = tf.reshape(values[base : base + c * w], [c, w])
+            parts.append(tf.matmul(q[:, :w], block, transpose_b=True))
+        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+
+    #: Batches of at most this many queries score column-list rows without expanding them.
+    small_batch = 16
+
+    def _sparse_slot_scores(self, q: tf.Tensor) -> tf.Tensor:
+        values = tf.cast(self._read("values"), q.dtype)
+        d = self.output_dim
+        k_t = self.colist_classes
+        widths, counts = self.class_widths, self.class_counts
+        parts = []
+        if k_t:
+            rows_c = int(self._starts[k_t])
+            n_vals = int(self._bases[k_t])
+            if n_vals == 0:
+                parts.append(tf.zeros([tf.shape(q)[0], rows_c], q.dtype))
+            else:
+                vals = values[:n_vals]
+                cols = _unpack_all_tf(self._read("columns"), self.column_bits, n_vals)
+                starts, bases = self._starts, self._bases
+
+                def gathered() -> tf.Tensor:
+                    # Products of every stored value with its query coordinate, summed row
+                    # by row: each class is a contiguous [count, width] block.
+                    b = tf.shape(q)[0]
+                    prods = tf.gather(tf.transpose(q), cols) * vals[:, None]  # [n_vals, b]
+                    sums = []
+                    for k in range(k_t):
+                        w, c = widths[k], counts[k]
+                        if w == 0:
+                            sums.append(tf.zeros([c, b], q.dtype))
+                            continue
+                        block = prods[int(bases[k]) : int(bases[k]) + c * w]
+                        sums.append(tf.reduce_sum(tf.reshape(block, [c, w, b]), axis=1))
+                    return tf.transpose(sums[0] if len(sums) == 1 else tf.concat(sums, 0))
+
+                def expanded() -> tf.Tensor:
+                    # The slot of every stored value, each slot repeated `width` times.
+                    seg = tf.concat(
+                        [
+                            tf.reshape(
+                                tf.tile(
+                                    tf.range(int(starts[k]), int(starts[k + 1]))[:, None],
+                                    [1, widths[k]],
+                                ),
+                                [-1],
+                            )
+                            for k in range(k_t)
+                            if widths[k]
+                        ],
+                        axis=0,
+                    )
+                    dense = tf.math.unsorted_segment_sum(vals, seg * d + cols, rows_c * d)
+                    return tf.matmul(q, tf.reshape(dense, [rows_c, d]), transpose_b=True)
+
+                parts.append(tf.cond(tf.shape(q)[0] <= self.small_batch, gathered, expanded))
+        if k_t < len(widths):
+            rows_b = int(self._starts[-1] - self._starts[k_t])
+            nw = self._mask_words
+            words = tf.reshape(self._read("bitmask"), [rows_b, nw])
+            bits = _bits_tf(words, d)
+            rank = tf.cumsum(bits, axis=1, exclusive=True)
+            offsets = tf.concat(
+                [
+                    int(self._bases[k]) + tf.range(counts[k], dtype=tf.int32) * widths[k]
+                    for k in range(k_t, len(widths))
+                ],
+                axis=0,
+            )
+            on = bits > 0
+            dense = tf.where(
+                on,
+                tf.gather(values, tf.where(on, offsets[:, None] + rank, 0)),
+                tf.zeros([], q.dtype),
+            )
+            parts.append(tf.matmul(q, dense, transpose_b=True))
+        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+
+    def scores(self, queries: tf.Tensor) -> tf.Tensor:
+        """Dot products of ``queries [b, output_dim]`` with every row, in row-id order."""
+        slot_scores = self.slot_scores(queries)
+        slots = _unpack_all_tf(self._read("row_to_slot"), self.index_bits, self.input_dim)
+        return tf.gather(slot_scores, slots, axis=1)
+
+    def top_k(self, queries: tf.Tensor, k: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        """The ``k`` rows with the largest dot product with each query.
+
+        Needs ``scoring=True`` (the stored slot -> row map).
+
+        Args:
+            queries: ``[b, output_dim]`` float tensor.
+            k: int scalar (Python or tensor), ``1 <= k <= input_dim``.
+
+        Returns:
+            ``(ids [b, k] int32, scores [b, k])``, scores descending.
+        """
+        if not self.scoring:
+            raise ValueError(
+                f"Layer '{self.name}' was compressed with scoring=False, so it does not store "
+                "the slot -> row map `top_k` needs. Compress it with scoring=True."
+            )
+        top = tf.math.top_k(self.slot_scores(queries), k=k)
+        ids = _unpack_tf(self._read("slot_to_row"), top.indices, self.index_bits)
+        return ids, top.values
+
+    # Config -----------------------------------------------------------------------------------
+    def get_config(self) -> dict:
+        """Exactly the constructor arguments."""
+        config = super().get_config()
+        config.pop("trainable", None)
+        config.update(
+            {
+                "input_dim": self.input_dim,
+                "output_dim": self.output_dim,
+                "kind": self.kind,
+                "class_widths": list(self.class_widths),
+                "class_counts": list(self.class_counts),
+                "usable_params": self._usable_params,
+                "colist_classes": self.colist_classes,
+                "index_bits": self.index_bits,
+                "column_bits": self.column_bits,
+                "scoring": self.scoring,
+                "mask_zero": self.mask_zero,
+                "value_dtype": self.value_dtype,
+            }
+        )
+        return config
+
+
+def _as_tf_variable(var: Any) -> tf.Variable:
+    """The ``tf.Variable`` behind a Keras 3 variable (tf-keras weights already are one)."""
+    if isinstance(var, tf.Variable):
+        return var
+    inner = getattr(var, "value", None)
+    if isinstance(inner, tf.Variable):
+        return inner
+    raise TypeError(f"Cannot find the tf.Variable behind {var!r}.")
+
+
+def pack_layer(
+    layer: Any,
+    *,
+    scoring: bool = False,
+    max_classes: int | None = None,
+    positions: str = "columns",
+) -> PackedTable:
+    """Packs a searchable layer's kept coordinates (see `CompressedEmbedding.from_layer`)."""
+    usable = None
+    if callable(getattr(layer, "usable_params", None)):
+        usable = int(layer.usable_params())
+    if callable(getattr(layer, "pruning_mask", None)) and callable(
+        getattr(layer, "pruned_table", None)
+    ):
+        mask = np.asarray(layer.pruning_mask(), dtype=bool)
+        table = np.asarray(tf.convert_to_tensor(layer.pruned_table()).numpy())
+        return pack_table(
+            table,
+            mask=mask,
+            usable_params=usable,
+            max_classes=max_classes,
+            scoring=scoring,
+            positions=positions,
+        )
+    if hasattr(layer, "sizes") and callable(getattr(layer, "masked_table", None)):
+        table = np.asarray(tf.convert_to_tensor(layer.masked_table()).numpy())
+        return pack_table(
+            table,
+            sizes=np.asarray(layer.sizes),
+            usable_params=usable,
+            max_classes=max_classes,
+            scoring=scoring,
+        )
+    raise TypeError(
+        f"Cannot compress layer '{getattr(layer, 'name', layer)}' of type "
+        f"{type(layer).__name__}: it exposes neither `pruning_mask()`/`pruned_table()` (PEP) "
+        "nor `sizes`/`masked_table()` (MaskedEmbedding)."
+    )
