@@ -49,8 +49,14 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def build_report(results: dict, source: str = "") -> tuple[dict, str]:
-    """The payload and the markdown of the report from a protocol ``results.json``."""
+def build_report(results: dict, source: str = "", note: str = "") -> tuple[dict, str]:
+    """The payload and the markdown of the report from a protocol ``results.json``.
+
+    Args:
+        results: the parsed ``results.json`` of ``benchmarks/paper_protocol.py``.
+        source: its path (recorded).
+        note: free text for the report (e.g. why T differs from the spec's 50).
+    """
     from tfembsize.protocol import paper_cell
 
     cfg = results["config"]
@@ -126,6 +132,7 @@ def build_report(results: dict, source: str = "") -> tuple[dict, str]:
         "ablation": ablation,
         "popularity": results.get("popularity"),
         "pending": results.get("pending", []),
+        "note": note,
     }
     return payload, _markdown(payload)
 
@@ -215,6 +222,8 @@ def _markdown(p: dict) -> str:
         ]
     if p["pending"]:
         lines += ["", f"Cells still to run: {', '.join(p['pending'])}."]
+    if p["note"]:
+        lines += ["", f"Note: {p['note']}"]
     lines.append("")
     return "\n".join(lines)
 
@@ -223,12 +232,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="output directory of benchmarks/paper_protocol.py")
     parser.add_argument("--name", default=None, help="results name (bet_<dataset>_<backbone>)")
+    parser.add_argument(
+        "--note",
+        default="",
+        help="text for the report, e.g. why T differs from the spec (default: OUT/NOTES.md's "
+        "first paragraph, if the file exists)",
+    )
     args = parser.parse_args(argv)
     from common import write_results
 
     path = Path(args.out) / "results.json"
     results = json.loads(path.read_text())
-    payload, markdown = build_report(results, source=str(path))
+    note = args.note
+    notes = Path(args.out) / "NOTES.md"
+    if not note and notes.exists():
+        paragraphs = [p for p in notes.read_text().split("\n\n") if not p.startswith("#")]
+        note = " ".join(paragraphs[0].split()) if paragraphs else ""
+    payload, markdown = build_report(results, source=str(path), note=note)
     name = args.name or f"bet_{payload['dataset']}_{payload['backbone']}"
     jpath, mpath = write_results(name, payload, markdown)
     print(markdown)

@@ -3,7 +3,7 @@
 Keras comes from `tfembsize._keras` (Keras 3, or tf-keras under ``TF_USE_LEGACY_KERAS=1``).
 """
 
-from tfembsize import layers
+from tfembsize import controllers, data, export, layers, metrics, models, search, surrogates
 from tfembsize.budget import Budget
 from tfembsize.errors import BudgetExceededError, BudgetInfeasibleError
 from tfembsize.plan import SizePlan
@@ -15,6 +15,13 @@ __all__ = [
     "BudgetExceededError",
     "BudgetInfeasibleError",
     "SizePlan",
+    "controllers",
+    "data",
+    "export",
     "layers",
+    "metrics",
+    "models",
+    "search",
+    "surrogates",
     "__version__",
 ]

@@ -240,6 +240,7 @@ def test_command_line_and_bet_report(tmp_path, monkeypatch):
     assert results["config"]["method_options"] == {"bet": options}
 
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    (out / "NOTES.md").write_text("# Notes\n\nT reduced\nfor CI.\n\nDetails.\n")
     assert bet_report.main([str(out)]) == 0
     report = json.loads((tmp_path / "results" / "bet_gowalla_mf.json").read_text())
     cells = {c["method"]: c for c in results["cells"]}
@@ -256,5 +257,6 @@ def test_command_line_and_bet_report(tmp_path, monkeypatch):
     assert "command" in report and "machine" in report
     md = (tmp_path / "results" / "bet_gowalla_mf.md").read_text()
     assert "T = 2, m = 3, h = 0.5, top K = 1" in md and "| 80% |" in md
+    assert report["note"] == "T reduced for CI." and "Note: T reduced for CI." in md
     assert f"| {ratio:.3f} | 1.047 |" in md
     assert np.isfinite(report["rows"][0]["search_time"])
