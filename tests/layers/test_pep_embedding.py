@@ -703,3 +703,24 @@ def test_sparse_updates_of_unknown_length_match_dense_updates():
     for sparse, dense in zip(run(False), run(True), strict=True):
         # the dense table gradient takes Keras's own Adam code: same maths, other rounding
         np.testing.assert_allclose(sparse, dense, rtol=2e-5)
+
+
+def test_model_with_pep_adam_saves_and_resumes(tmp_path):
+    model, layer = _model(threshold_init=-15.0)
+    opt = PEPAdam(0.01, threshold_lr=0.05, threshold_l2=2e-5, l2=0.0)
+    model.compile(optimizer=opt, loss="mse")
+    model.fit(X, Y, epochs=1, batch_size=2, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(str(path))
+    keras.backend.clear_session()
+    loaded = keras.models.load_model(str(path))
+    assert isinstance(loaded.optimizer, PEPAdam)
+    assert (loaded.optimizer.threshold_lr, loaded.optimizer.threshold_l2) == (0.05, 2e-5)
+    np.testing.assert_allclose(
+        loaded.get_layer("p").threshold.numpy(), layer.threshold.numpy(), rtol=1e-6
+    )
+    # training continues: the thresholds keep rising by about threshold_lr per step
+    before = loaded.get_layer("p").threshold.numpy().copy()
+    loaded.fit(X, Y, epochs=1, batch_size=2, verbose=0)
+    rise = loaded.get_layer("p").threshold.numpy() - before
+    assert np.all(rise > 0.09) and np.all(rise < 0.101)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import dense
+from models_testutil import dense
 
 from tfembsize._keras import keras
 from tfembsize.layers import BudgetedEmbedding, MaskedEmbedding

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import dense
+from models_testutil import dense
 
 from tfembsize._keras import keras
 from tfembsize.budget import Budget
