@@ -414,7 +414,10 @@ class PEPEmbedding(keras.layers.Layer):
         """The current binary mask as a numpy bool array ``[input_dim, output_dim]``.
 
         While pruning: ``Ê != 0``, i.e. ``|E| > g(S)``. In retraining mode: ``M``. Computed
-        together with the count, so ``pruning_mask().sum() == usable_params()`` always.
+        together with the count in one fused XLA pass, so ``pruning_mask().sum() ==
+        usable_params()`` always. (XLA's sigmoid may round differently from the lookup's by
+        an ulp, so an entry within float rounding of its threshold could be counted on the
+        other side; a mask given to `freeze_mask` is exact by construction.)
         """
         return np.asarray(self._live()[0].numpy(), dtype=bool)
 

@@ -1,0 +1,660 @@
+"""SavedModel export with explicit serving signatures, written atomically.
+
+`save_compressed(model, path)` compresses the model (`tfembsize.export.compress`) and writes a
+SavedModel whose root is a plain ``tf.Module`` holding only the variables the signatures read
+(so no optimizer slots, task metrics or TFRS candidate datasets are exported) and the
+signature functions. It loads with ``tf.saved_model.load`` wherever TensorFlow is installed,
+without tfembsize, and runs with ``saved_model_cli run`` and TF Serving.
+
+Signatures:
+
+* Retrieval models (``embed_users``, ``embed_items``, ``num_users``, ``num_items``):
+  ``serving_default(user_ids, k) -> {item_ids, scores}`` (``k`` is an input, so it is not
+  frozen at trace time), ``embed_users(user_ids) -> {embeddings}``,
+  ``embed_items(item_ids) -> {embeddings}``. The top-k is ``tf.math.top_k`` over the dot
+  products with every item; when the item table of the model is a `CompressedEmbedding`
+  whose lookup *is* ``embed_items``, the products are computed class block by class block on
+  the compressed storage (no dense item matrix is ever built).
+* Other models: ``serving_default`` is the model's call (``training=False``).
+
+Ids are validated in the signature, before any (optionally XLA-compiled) computation: an id
+outside ``[0, num_users)`` / ``[0, num_items)`` or a ``k`` outside ``[1, num_items]`` fails with
+``InvalidArgumentError`` naming the input, its range and the offending value.
+
+The write is atomic: everything goes to a temporary directory beside ``path`` that is renamed
+to ``path`` only after the export has been written and (with ``verify=True``) reloaded and
+checked; on any failure the temporary directory is removed and ``path`` is untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tfembsize._keras import is_legacy_keras, keras_version
+from tfembsize.export.compress import CompressionError, compress, searchable_layers
+from tfembsize.layers.compressed_embedding import CompressedEmbedding
+from tfembsize.layers.utils import iter_layers
+
+__all__ = [
+    "ExportResult",
+    "ExportVerificationError",
+    "METADATA_PATH",
+    "save_compressed",
+    "save_serving_model",
+    "read_metadata",
+]
+
+logger = logging.getLogger(__name__)
+
+METADATA_PATH = os.path.join("assets.extra", "tfembsize.json")
+_FORMAT = "tfembsize.export"
+_FORMAT_VERSION = 1
+
+
+class ExportVerificationError(RuntimeError):
+    """The written SavedModel did not reproduce the in-memory model; nothing was saved."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What `save_compressed` / `save_serving_model` wrote.
+
+    Attributes:
+        path: the SavedModel directory.
+        kind: ``"retrieval"`` or ``"call"``.
+        signatures: names of the exported signatures.
+        item_scoring: how ``serving_default`` scores items (retrieval only):
+            ``"compressed"`` (class blocks of a `CompressedEmbedding`), ``"dense_table"``
+            (an embedding variable), ``"representations"`` or ``"embed_items"`` (the item
+            matrix recomputed by the model in every call); empty for ``"call"``.
+        tables: names of the compressed tables in the export.
+    """
+
+    path: str
+    kind: str
+    signatures: tuple[str, ...]
+    item_scoring: str
+    tables: tuple[str, ...]
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------
+def save_compressed(
+    model: Any,
+    path: str | os.PathLike,
+    *,
+    signatures: str = "auto",
+    k: int = 10,
+    input_signature: Any = None,
+    max_classes: int | None = None,
+    positions: str = "columns",
+    id_dtype: Any = tf.int64,
+    jit_compile: bool = False,
+    overwrite: bool = False,
+    verify: bool = True,
+) -> ExportResult:
+    """Compresses ``model`` and writes it as a serving SavedModel (atomically).
+
+    Args:
+        model: a Keras model with searchable embedding layers (or already compressed).
+        path: target directory (local filesystem); must not exist unless ``overwrite``.
+        signatures: ``"auto"`` (retrieval signatures when the model follows the retrieval
+            protocol, else the call), ``"retrieval"`` or ``"call"``.
+        k: default ``k`` recorded in the export metadata and used by the export check
+            (the ``serving_default`` signature always takes ``k`` as an input).
+        input_signature: for ``"call"`` exports of models whose inputs cannot be inferred
+            (Keras 3 subclassed models): a ``tf.TensorSpec``, a list of them, or a dict of
+            name -> spec.
+        max_classes: see `tfembsize.layers.compressed_embedding.pack_table`.
+        positions: see `tfembsize.layers.compressed_embedding.pack_table`.
+        id_dtype: dtype of the id inputs of the retrieval signatures (int64 or int32).
+        jit_compile: compile the signature bodies with XLA (ids are still validated
+            outside the compiled region).
+        overwrite: replace an existing directory at ``path``.
+        verify: reload the written SavedModel and check it reproduces the in-memory
+            compressed model, and check the compressed lookups against ``model``, before
+            moving it into place.
+
+    Returns:
+        An `ExportResult`.
+
+    Raises:
+        CompressionError: the model holds neither searchable nor compressed layers, or
+            cannot be compressed.
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        ExportVerificationError: the verification failed (nothing is written).
+
+    Example:
+        >>> save_compressed(model, "export/gowalla-bet-90")
+        >>> served = tf.saved_model.load("export/gowalla-bet-90")
+        >>> served.signatures["serving_default"](user_ids=tf.constant([0], tf.int64),
+        ...                                      k=tf.constant(10))
+    """
+    if searchable_layers(model):
+        small = compress(model, max_classes=max_classes, positions=positions)
+        if verify:
+            _check_lookups(model, small)
+    elif any(isinstance(layer, CompressedEmbedding) for layer in [model, *iter_layers(model)]):
+        small = model
+    else:
+        raise CompressionError(
+            f"{type(model).__name__} '{getattr(model, 'name', '')}' holds neither searchable "
+            "nor compressed embedding layers. Use tfembsize.export.save_serving_model to "
+            "export a model as it is."
+        )
+    return save_serving_model(
+        small,
+        path,
+        signatures=signatures,
+        k=k,
+        input_signature=input_signature,
+        id_dtype=id_dtype,
+        jit_compile=jit_compile,
+        overwrite=overwrite,
+        verify=verify,
+    )
+
+
+def save_serving_model(
+    model: Any,
+    path: str | os.PathLike,
+    *,
+    signatures: str = "auto",
+    k: int = 10,
+    input_signature: Any = None,
+    id_dtype: Any = tf.int64,
+    jit_compile: bool = False,
+    overwrite: bool = False,
+    verify: bool = True,
+) -> ExportResult:
+    """Writes ``model`` as it is (no compression) with the serving signatures.
+
+    The signatures, metadata and atomic write are those of `save_compressed`; use this for
+    an already compressed model or to export a dense baseline the same way.
+
+    Args:
+        model: a Keras model.
+        path: target directory.
+        signatures: see `save_compressed`.
+        k: see `save_compressed`.
+        input_signature: see `save_compressed`.
+        id_dtype: see `save_compressed`.
+        jit_compile: see `save_compressed`.
+        overwrite: see `save_compressed`.
+        verify: reload the written SavedModel and compare it with ``model``.
+
+    Returns:
+        An `ExportResult`.
+    """
+    target = _local_path(path)
+    if target.exists() and not overwrite:
+        raise FileExistsError(
+            f"`path` already exists: {str(target)!r}. Pass overwrite=True to replace it."
+        )
+    id_dtype = tf.as_dtype(id_dtype)
+    if id_dtype not in (tf.int32, tf.int64):
+        raise ValueError(f"`id_dtype` must be int32 or int64. Received: id_dtype={id_dtype!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"`k` must be a positive integer. Received: k={k!r}")
+    kind = _resolve_kind(model, signatures)
+    if kind == "retrieval":
+        built = _retrieval_signatures(model, id_dtype=id_dtype, jit_compile=jit_compile)
+    else:
+        built = _call_signatures(model, input_signature, jit_compile=jit_compile)
+    root, tables = _export_root(model, built)
+    metadata = _metadata(model, kind, built, tables, default_k=int(k))
+
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        tf.saved_model.save(
+            root,
+            str(tmp),
+            signatures={name: sig.concrete for name, sig in built.signatures.items()},
+        )
+        meta_path = tmp / METADATA_PATH
+        meta_path.parent.mkdir(parents=True, exist_ok=True)
+        meta_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        if verify:
+            _verify_saved(tmp, built, metadata)
+        _move_into_place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("Wrote %s SavedModel to %s (signatures: %s)", kind, target, list(built.signatures))
+    return ExportResult(
+        path=str(target),
+        kind=kind,
+        signatures=tuple(built.signatures),
+        item_scoring=built.item_scoring,
+        tables=tuple(t["name"] for t in tables),
+    )
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The tfembsize metadata of an exported SavedModel (``assets.extra/tfembsize.json``).
+
+    Raises:
+        FileNotFoundError: ``path`` is not a tfembsize export.
+    """
+    meta = Path(path) / METADATA_PATH
+    if not meta.is_file():
+        raise FileNotFoundError(
+            f"{str(path)!r} is not a tfembsize export (no {METADATA_PATH} inside)."
+        )
+    data = json.loads(meta.read_text())
+    if data.get("format") != _FORMAT:
+        raise ValueError(f"{str(meta)!r} is not tfembsize export metadata.")
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# Signatures
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Signature:
+    function: Any  # tf.function
+    concrete: Any  # its concrete function
+    inputs: dict[str, tf.TensorSpec]
+
+
+@dataclasses.dataclass
+class _Built:
+    signatures: dict[str, _Signature]
+    item_scoring: str = ""
+    num_users: int | None = None
+    num_items: int | None = None
+
+
+def is_retrieval_model(model: Any) -> bool:
+    """Whether ``model`` follows the retrieval protocol (embed_users/embed_items/num_*)."""
+    return (
+        callable(getattr(model, "embed_users", None))
+        and callable(getattr(model, "embed_items", None))
+        and isinstance(getattr(model, "num_users", None), (int, np.integer))
+        and isinstance(getattr(model, "num_items", None), (int, np.integer))
+    )
+
+
+def _resolve_kind(model: Any, signatures: str) -> str:
+    if signatures not in ("auto", "retrieval", "call"):
+        raise ValueError(
+            "`signatures` must be 'auto', 'retrieval' or 'call'. "
+            f"Received: signatures={signatures!r}"
+        )
+    if signatures == "retrieval" and not is_retrieval_model(model):
+        raise ValueError(
+            f"signatures='retrieval' needs a model with embed_users(ids), embed_items(ids), "
+            f"num_users and num_items; {type(model).__name__} lacks some of them."
+        )
+    if signatures == "auto":
+        return "retrieval" if is_retrieval_model(model) else "call"
+    return signatures
+
+
+def _checked_ids(ids: tf.Tensor, limit: int, name: str, what: str) -> tf.Tensor:
+    """``ids`` as int32 after a run-time range check with a clear error."""
+    # Elementwise test + All (Min has no int64 GPU kernel); the message shows the largest
+    # id if it is too large, else the smallest (negative) one.
+    upper = tf.cast(limit, ids.dtype)
+    ok = tf.reduce_all(tf.logical_and(ids >= 0, ids < upper))
+    hi = tf.reduce_max(ids)
+    bad = tf.where(hi >= upper, hi, -tf.reduce_max(-ids))
+    check = tf.debugging.Assert(
+        ok, [f"`{name}` must be in [0, {what}={limit}). Received id", bad], summarize=1
+    )
+    with tf.control_dependencies([check]):
+        return tf.cast(tf.identity(ids), tf.int32)
+
+
+def _checked_k(k: tf.Tensor, num_items: int) -> tf.Tensor:
+    ok = tf.logical_and(k >= 1, k <= num_items)
+    check = tf.debugging.Assert(
+        ok, [f"`k` must be in [1, num_items={num_items}]. Received k =", k], summarize=1
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(k)
+
+
+def _item_scorer(model: Any) -> tuple[Callable[[tf.Tensor, tf.Tensor], tuple], str]:
+    """How to score all items for a batch of user vectors, and its name."""
+    num_items = int(model.num_items)
+    ids = tf.range(num_items, dtype=tf.int32)
+    items = None
+    candidates = [
+        layer
+        for layer in [model, *iter_layers(model)]
+        if getattr(layer, "input_dim", None) == num_items and layer is not model
+    ]
+    if candidates:
+        items = np.asarray(model.embed_items(ids))
+    for layer in candidates:
+        try:
+            rows = np.asarray(layer(ids))
+        except Exception:  # noqa: BLE001 - not a lookup table after all
+            continue
+        if rows.shape != items.shape or not np.array_equal(rows, items):
+            continue
+        if isinstance(layer, CompressedEmbedding):
+            if layer.scoring:
+                return (lambda q, k, layer=layer: layer.top_k(q, k)), "compressed"
+            logger.warning(
+                "Item table '%s' was compressed with scoring=False; serving decompresses it "
+                "in every call. Compress with scoring=True (the default for retrieval "
+                "models) to score the compressed blocks directly.",
+                layer.name,
+            )
+            break
+        table = getattr(layer, "embeddings", None)
+        if table is not None and not getattr(layer, "_tfembsize_searchable", False):
+
+            def dense(q: tf.Tensor, k: tf.Tensor, table: Any = table) -> tuple:
+                top = tf.math.top_k(tf.matmul(q, tf.convert_to_tensor(table), transpose_b=True), k)
+                return top.indices, top.values
+
+            return dense, "dense_table"
+        break
+    if callable(getattr(model, "representations", None)):
+
+        def via_representations(q: tf.Tensor, k: tf.Tensor) -> tuple:
+            _, item_matrix = model.representations(training=False)
+            top = tf.math.top_k(tf.matmul(q, item_matrix, transpose_b=True), k)
+            return top.indices, top.values
+
+        return via_representations, "representations"
+
+    def via_embed_items(q: tf.Tensor, k: tf.Tensor) -> tuple:
+        item_matrix = model.embed_items(tf.range(num_items, dtype=tf.int32))
+        top = tf.math.top_k(tf.matmul(q, item_matrix, transpose_b=True), k)
+        return top.indices, top.values
+
+    return via_embed_items, "embed_items"
+
+
+def _maybe_jit(fn: Callable, jit_compile: bool) -> Callable:
+    return tf.function(fn, jit_compile=True, autograph=False) if jit_compile else fn
+
+
+def _retrieval_signatures(model: Any, *, id_dtype: tf.DType, jit_compile: bool) -> _Built:
+    num_users, num_items = int(model.num_users), int(model.num_items)
+    scorer, how = _item_scorer(model)
+
+    def recommend(user_ids: tf.Tensor, k: tf.Tensor) -> tuple:
+        ids, scores = scorer(model.embed_users(user_ids), k)
+        return ids, scores
+
+    core_recommend = _maybe_jit(recommend, jit_compile)
+    core_users = _maybe_jit(lambda ids: model.embed_users(ids), jit_compile)
+    core_items = _maybe_jit(lambda ids: model.embed_items(ids), jit_compile)
+
+    user_spec = tf.TensorSpec([None], id_dtype, name="user_ids")
+    item_spec = tf.TensorSpec([None], id_dtype, name="item_ids")
+    k_spec = tf.TensorSpec([], tf.int32, name="k")
+
+    @tf.function(input_signature=[user_spec, k_spec], autograph=False)
+    def serving_default(user_ids: tf.Tensor, k: tf.Tensor) -> dict:
+        ids = _checked_ids(user_ids, num_users, "user_ids", "num_users")
+        k = _checked_k(k, num_items)
+        item_ids, scores = core_recommend(ids, k)
+        return {"item_ids": tf.cast(item_ids, id_dtype), "scores": tf.cast(scores, tf.float32)}
+
+    @tf.function(input_signature=[user_spec], autograph=False)
+    def embed_users(user_ids: tf.Tensor) -> dict:
+        ids = _checked_ids(user_ids, num_users, "user_ids", "num_users")
+        return {"embeddings": tf.cast(core_users(ids), tf.float32)}
+
+    @tf.function(input_signature=[item_spec], autograph=False)
+    def embed_items(item_ids: tf.Tensor) -> dict:
+        ids = _checked_ids(item_ids, num_items, "item_ids", "num_items")
+        return {"embeddings": tf.cast(core_items(ids), tf.float32)}
+
+    sigs = {}
+    for name, fn, specs in (
+        ("serving_default", serving_default, [user_spec, k_spec]),
+        ("embed_users", embed_users, [user_spec]),
+        ("embed_items", embed_items, [item_spec]),
+    ):
+        sigs[name] = _Signature(fn, fn.get_concrete_function(), {s.name: s for s in specs})
+    return _Built(sigs, item_scoring=how, num_users=num_users, num_items=num_items)
+
+
+def _call_specs(model: Any, input_signature: Any) -> tuple[list[tf.TensorSpec], str]:
+    """Flat named specs and the structure (``single``, ``list``, ``dict``) of the call."""
+
+    def named(spec: Any, default: str) -> tf.TensorSpec:
+        if not isinstance(spec, tf.TensorSpec):
+            shape = [None, *list(spec.shape)[1:]] if spec.shape else []
+            spec = tf.TensorSpec(shape, tf.as_dtype(spec.dtype), name=getattr(spec, "name", None))
+        return tf.TensorSpec(spec.shape, spec.dtype, name=spec.name or default)
+
+    if input_signature is None:
+        inputs = None
+        if _is_graph_model(model):
+            inputs = getattr(model, "_inputs_struct", None)
+            if inputs is None:
+                inputs = model.inputs
+        elif is_legacy_keras() and callable(getattr(model, "save_spec", None)):
+            spec = model.save_spec()
+            inputs = spec[0][0] if spec and spec[0] else None
+        if inputs is None:
+            raise ValueError(
+                f"Cannot infer the call's input signature of {type(model).__name__} "
+                f"'{getattr(model, 'name', '')}'. Pass input_signature= (a tf.TensorSpec, "
+                "a list of them or a dict name -> spec)."
+            )
+        input_signature = inputs
+    if isinstance(input_signature, Mapping):
+        specs = [named(s, str(n)) for n, s in input_signature.items()]
+        return specs, "dict"
+    if isinstance(input_signature, Sequence):
+        specs = [named(s, f"input_{i}") for i, s in enumerate(input_signature)]
+        if len(specs) == 1:
+            return specs, "single"
+        return specs, "list"
+    return [named(input_signature, "inputs")], "single"
+
+
+def _is_graph_model(model: Any) -> bool:
+    cls = type(model)
+    return cls.__name__ in ("Functional", "Sequential") and cls.__module__.startswith(
+        ("keras.", "tf_keras.")
+    )
+
+
+def _call_signatures(model: Any, input_signature: Any, *, jit_compile: bool) -> _Built:
+    specs, structure = _call_specs(model, input_signature)
+    names = [s.name for s in specs]
+
+    def run(*args: tf.Tensor) -> Any:
+        if structure == "dict":
+            inputs: Any = dict(zip(names, args, strict=True))
+        elif structure == "list":
+            inputs = list(args)
+        else:
+            inputs = args[0]
+        return model(inputs, training=False)
+
+    core = _maybe_jit(run, jit_compile)
+
+    @tf.function(input_signature=specs, autograph=False)
+    def serving_default(*args: tf.Tensor) -> dict:
+        out = core(*args)
+        if isinstance(out, Mapping):
+            return dict(out)
+        if isinstance(out, (list, tuple)):
+            return {f"output_{i}": t for i, t in enumerate(out)}
+        return {"outputs": out}
+
+    sig = _Signature(
+        serving_default, serving_default.get_concrete_function(), {s.name: s for s in specs}
+    )
+    return _Built({"serving_default": sig})
+
+
+# --------------------------------------------------------------------------------------------
+# Root object, metadata, verification, atomic move
+# --------------------------------------------------------------------------------------------
+def _export_root(model: Any, built: _Built) -> tuple[tf.Module, list[dict]]:
+    used: dict[int, tf.Variable] = {}
+    for sig in built.signatures.values():
+        for var in sig.concrete.variables:
+            used[id(var)] = var
+    root = tf.Module()
+    tables: list[dict] = []
+    table_vars: list[dict[str, tf.Variable]] = []
+    for layer in [model, *iter_layers(model)]:
+        if not isinstance(layer, CompressedEmbedding):
+            continue
+        tvars = layer.tf_variables()
+        if not any(id(v) in used for v in tvars.values()):
+            continue
+        index = len(tables)
+        tables.append(
+            {
+                "name": layer.name,
+                "config": _plain_config(layer),
+                "checkpoint_keys": {
+                    w: f"tables/{index}/{w}/.ATTRIBUTES/VARIABLE_VALUE" for w in tvars
+                },
+            }
+        )
+        table_vars.append(dict(tvars))
+        for v in tvars.values():
+            used.pop(id(v), None)
+    root.tables = table_vars
+    root.other_variables = list(used.values())
+    for name, sig in built.signatures.items():
+        setattr(root, name, sig.function)
+    return root, tables
+
+
+def _plain_config(layer: CompressedEmbedding) -> dict:
+    config = layer.get_config()
+    config.pop("dtype", None)
+    return config
+
+
+def _metadata(model: Any, kind: str, built: _Built, tables: list[dict], *, default_k: int) -> dict:
+    from tfembsize import __version__
+
+    return {
+        "format": _FORMAT,
+        "format_version": _FORMAT_VERSION,
+        "tfembsize_version": __version__,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras_version(),
+        "model_class": type(model).__name__,
+        "kind": kind,
+        "item_scoring": built.item_scoring,
+        "num_users": built.num_users,
+        "num_items": built.num_items,
+        "default_k": default_k,
+        "signatures": {
+            name: {
+                "inputs": {
+                    n: {"dtype": s.dtype.name, "shape": s.shape.as_list()}
+                    for n, s in sig.inputs.items()
+                }
+            }
+            for name, sig in built.signatures.items()
+        },
+        "tables": tables,
+    }
+
+
+def sample_inputs(meta: Mapping[str, Any], signature: str, *, k: int | None = None) -> dict:
+    """Valid example inputs for a signature of an export (from its metadata).
+
+    Ids are spread over ``[0, num_users)`` / ``[0, num_items)``; for ``"call"`` exports,
+    integer inputs are 0 (valid for every table) and float inputs a fixed ramp.
+    """
+    spec = meta["signatures"][signature]["inputs"]
+    out = {}
+    for name, s in spec.items():
+        dtype = tf.as_dtype(s["dtype"])
+        shape = [4 if d is None else d for d in s["shape"]]
+        if name == "k":
+            k_val = k if k is not None else meta.get("default_k") or 1
+            out[name] = tf.constant(min(int(k_val), int(meta["num_items"])), dtype)
+        elif name in ("user_ids", "item_ids") and meta.get("kind") == "retrieval":
+            limit = int(meta["num_users"] if name == "user_ids" else meta["num_items"])
+            n = shape[0] if shape else 1
+            out[name] = tf.constant(np.linspace(0, limit - 1, n).astype(np.int64), dtype)
+        elif dtype.is_integer:
+            out[name] = tf.zeros(shape, dtype)
+        else:
+            size = int(np.prod(shape)) if shape else 1
+            ramp = np.linspace(-1.0, 1.0, size).reshape(shape).astype(dtype.as_numpy_dtype)
+            out[name] = tf.constant(ramp)
+    return out
+
+
+def _verify_saved(tmp: Path, built: _Built, metadata: dict) -> None:
+    loaded = tf.saved_model.load(str(tmp))
+    for name, sig in built.signatures.items():
+        inputs = sample_inputs(metadata, name)
+        expected = sig.concrete(**inputs)
+        got = loaded.signatures[name](**inputs)
+        for key, value in expected.items():
+            a, b = np.asarray(value), np.asarray(got[key])
+            if a.shape != b.shape or not np.allclose(a, b, rtol=1e-6, atol=1e-6):
+                raise ExportVerificationError(
+                    f"Signature {name!r} output {key!r} of the reloaded SavedModel differs "
+                    "from the in-memory model; nothing was written."
+                )
+
+
+def _check_lookups(model: Any, small: Any) -> None:
+    """Compressed lookups equal the searchable layers' on a spread of ids of each table."""
+    new_layers = {
+        layer.name: layer
+        for layer in [small, *iter_layers(small)]
+        if isinstance(layer, CompressedEmbedding)
+    }
+    for name, layer in searchable_layers(model).items():
+        new = new_layers.get(name)
+        if new is None:
+            continue
+        n = int(layer.input_dim)
+        ids = tf.constant(np.unique(np.linspace(0, n - 1, min(n, 257)).astype(np.int32)))
+        a, b = np.asarray(layer(ids)), np.asarray(new(ids))
+        if a.shape != b.shape or not np.array_equal(a, b):
+            raise ExportVerificationError(
+                f"The compressed table '{name}' does not reproduce the searchable layer's "
+                "lookups; nothing was written."
+            )
+
+
+def _local_path(path: str | os.PathLike) -> Path:
+    text = os.fspath(path)
+    if "://" in text:
+        raise ValueError(
+            "save_compressed writes atomically to a local directory (rename); received "
+            f"path={text!r}. Export locally and copy the directory."
+        )
+    return Path(text).expanduser().absolute()
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    if target.exists():
+        trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+        os.replace(target, trash)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            os.replace(trash, target)
+            raise
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
