@@ -356,3 +356,109 @@ def test_validation_ranking_arguments(small_split):
         ValidationRanking(evaluator, patience=0)
     with pytest.raises(ValueError, match="`monitor` must be"):
         ValidationRanking(evaluator, monitor="ndcg@x")
+
+
+# Checkpoint and resume ---------------------------------------------------------------------
+class _KilledError(RuntimeError):
+    pass
+
+
+class CrashingEvaluator:
+    """A real evaluator that raises on its ``crash_at``-th validation call (1-based)."""
+
+    def __init__(self, split, crash_at=None):
+        self.inner = RankingEvaluator(split)
+        self.crash_at = crash_at
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def evaluate(self, *args, **kwargs):
+        if kwargs.get("phase", "validation") == "validation":
+            self.calls += 1
+            if self.crash_at is not None and self.calls == self.crash_at:
+                raise _KilledError(f"killed at evaluation {self.calls}")
+        return self.inner.evaluate(*args, **kwargs)
+
+
+def _fresh_mf(split):
+    keras.utils.set_random_seed(7)
+    return MF.create(split.num_users, split.num_items, 8)
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_result(small_split, tmp_path):
+    config = TrainConfig(
+        learning_rate=0.01, max_steps=60, eval_every=10, patience=10, batch_size=32
+    ).replace(decay_rate=0.9, decay_steps=7)
+    reference = _fresh_mf(small_split)
+    expected = train_bpr(reference, small_split, RankingEvaluator(small_split), config=config)
+
+    ckpt = tmp_path / "ckpt"
+    killed = _fresh_mf(small_split)
+    with pytest.raises(_KilledError):
+        train_bpr(
+            killed,
+            small_split,
+            CrashingEvaluator(small_split, 4),
+            config=config,
+            checkpoint_dir=ckpt,
+        )
+    assert (ckpt / "LATEST").read_text().startswith("step-000000030")  # 3 chunks written
+
+    resumed_model = _fresh_mf(small_split)  # a new process would start from scratch
+    evaluator = CrashingEvaluator(small_split)
+    resumed = train_bpr(resumed_model, small_split, evaluator, config=config, checkpoint_dir=ckpt)
+    assert evaluator.calls == 3  # chunks 4, 5 and 6 only
+    assert int(resumed_model.optimizer.iterations.numpy()) == 60
+    assert [h.step for h in resumed.history] == [10, 20, 30, 40, 50, 60]
+    np.testing.assert_allclose(
+        [h.value for h in resumed.history], [h.value for h in expected.history], atol=1e-9
+    )
+    assert resumed.best_step == expected.best_step
+    for got, want in zip(resumed_model.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert resumed.test.recall_at(20) == pytest.approx(expected.test.recall_at(20), abs=1e-9)
+
+    # A finished run answers from its checkpoint without training.
+    again_model = _fresh_mf(small_split)
+    evaluator = CrashingEvaluator(small_split, crash_at=1)  # any training would crash
+    again = train_bpr(again_model, small_split, evaluator, config=config, checkpoint_dir=ckpt)
+    assert again.best_step == resumed.best_step and again.steps == 60
+    assert again.test.recall_at(20) == resumed.test.recall_at(20)
+    for got, want in zip(again_model.get_weights(), resumed_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert (
+        sorted(p.name for p in ckpt.iterdir() if not p.name.startswith("LATEST"))[0].startswith(
+            "step-"
+        )
+        and len(list(ckpt.iterdir())) == 2
+    )  # LATEST + one checkpoint, no leftovers
+
+
+def test_a_checkpoint_of_another_recipe_is_refused(small_split, tmp_path):
+    config = TrainConfig(max_steps=10, eval_every=10, batch_size=32, evaluate_test=False)
+    train_bpr(
+        _fresh_mf(small_split),
+        small_split,
+        RankingEvaluator(small_split),
+        config=config,
+        checkpoint_dir=tmp_path,
+    )
+    other = config.replace(learning_rate=0.5)
+    with pytest.raises(ValueError, match=r"written by another run: its config is .*Use another"):
+        train_bpr(
+            _fresh_mf(small_split),
+            small_split,
+            RankingEvaluator(small_split),
+            config=other,
+            checkpoint_dir=tmp_path,
+        )
+    with pytest.raises(TypeError, match=r"`checkpoint_dir` must be a non-empty path"):
+        train_bpr(
+            _fresh_mf(small_split),
+            small_split,
+            RankingEvaluator(small_split),
+            config=config,
+            checkpoint_dir="",
+        )

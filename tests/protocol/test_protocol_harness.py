@@ -221,3 +221,22 @@ def test_a_search_method_uses_the_context_environment(tmp_path, split):
     work = tmp_path / "work"
     assert (work / "reference__seed0" / "reference_weights.npz").exists()
     assert (work / "searched-es__c0.75__seed0" / "run.json").exists()
+
+
+def test_retraining_is_checkpointed_in_the_cell_and_cleaned_when_the_cell_is_done(tmp_path, split):
+    from tfembsize.models import train_bpr
+
+    dirs = []
+
+    def checkpointed_train(model, split, evaluator, *, config, checkpoint_dir):
+        dirs.append(checkpoint_dir)
+        result = train_bpr(model, split, evaluator, config=config, checkpoint_dir=checkpoint_dir)
+        assert (Path(checkpoint_dir) / "LATEST").is_file()  # written while the cell runs
+        return result
+
+    config = _config(tmp_path, ("es",), sparsities=(0.75,))
+    report = run_protocol(config, split=split, verbose=0, train_fn=checkpointed_train)
+    cell_dir = tmp_path / "work" / "es__c0.75__seed0"
+    assert len(dirs) == 1 and Path(dirs[0]).parent == cell_dir / "training"
+    assert not (cell_dir / "training").exists()  # the cell JSON is written: no longer needed
+    assert report.cells[0].usable_params == 280

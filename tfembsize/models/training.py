@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -28,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfembsize._keras import keras, register_serializable
+from tfembsize.models.train_checkpoint import TrainCheckpoint
 
 __all__ = [
     "StaircaseDecay",
@@ -513,9 +515,7 @@ def _chunk_runner(model: Any) -> Any:
     return tf.function(run, autograph=bool(getattr(model, "requires_autograph", False)))
 
 
-def _prepare(
-    model: Any, config: TrainConfig, optimizer: Callable[[Any], Any] | None = None
-) -> None:
+def _prepare(model: Any, config: TrainConfig, optimizer: Callable[[Any], Any] | None = None) -> Any:
     lr = config.schedule()
     opt = keras.optimizers.Adam(learning_rate=lr) if optimizer is None else optimizer(lr)
     if not hasattr(opt, "apply_gradients"):
@@ -525,6 +525,7 @@ def _prepare(
         )
     model.compile(optimizer=opt)
     opt.build(model.trainable_variables)
+    return opt
 
 
 def _run_steps(
@@ -565,6 +566,7 @@ def train_bpr(
     *,
     config: TrainConfig | None = None,
     optimizer: Callable[[Any], Any] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Trains a BPR backbone with early stopping on validation (spec §1.3, §2).
 
@@ -589,6 +591,12 @@ def train_bpr(
         optimizer: optional factory ``learning_rate -> optimizer`` replacing Adam (e.g.
             ``lambda lr: PEPAdam(lr, threshold_lr=1e-3)`` for PEP); it gets the config's
             rate (a float or a `StaircaseDecay`) and is called again for the refit.
+        checkpoint_dir: if given, the run's state (weights, optimiser, best weights, early
+            stopping, history) is written there atomically after every validation chunk,
+            and a rerun of the same call continues after the last chunk written, on the
+            same batches (`TrainCheckpoint`). A finished run's directory holds its result:
+            rerunning returns it (model set to the final weights) without training. The
+            parity refit, if any, is redone after a crash during it.
 
     Returns:
         A `TrainResult`.
@@ -596,6 +604,7 @@ def train_bpr(
     Raises:
         NonFiniteLossError: a training loss was NaN or infinite (names the step).
         TypeError: ``model`` is not a BPR backbone.
+        ValueError: ``checkpoint_dir`` holds a checkpoint of another recipe or model.
 
     Example:
         >>> result = train_bpr(MF.create(split.num_users, split.num_items), split,
@@ -618,21 +627,55 @@ def train_bpr(
         model.check_sizes()
     initial = model.get_weights() if config.refit else None
 
-    _prepare(model, config, optimizer)
+    opt = _prepare(model, config, optimizer)
     runner = _chunk_runner(model)
-    iterator = iter(_dataset(split.train, config))
     stopper = _EarlyStopping(config.patience, config.min_delta)
     history: list[EvalRecord] = []
-    progbar = keras.utils.Progbar(config.max_steps, unit_name="step") if config.verbose else None
     steps = 0
     last_loss = math.nan
-    while steps < config.max_steps:
+    ckpt = fingerprint = None
+    if checkpoint_dir is not None:
+        ckpt = TrainCheckpoint(checkpoint_dir)
+        fingerprint = TrainCheckpoint.fingerprint(model, config, opt)
+        state = ckpt.load_state(fingerprint)
+        if state is not None and state.get("finished"):
+            logger.info(
+                "%s: training finished earlier; result from %s.", model.name, ckpt.directory
+            )
+            ckpt.restore_into(model, opt)
+            return _result_from_dict(ckpt.result())
+        if state is not None:
+            ckpt.restore_into(model, opt)
+            steps = int(state["steps"])
+            last_loss = float(state["last_loss"])
+            stopper.best_value = float(state["best_value"])
+            stopper.best_step = int(state["best_step"])
+            stopper.wait = int(state["wait"])
+            best = ckpt.best_result()
+            stopper.best_result = None if best is None else _ranking_from_dict(best)
+            stopper.best_weights = ckpt.best_weights() if config.restore_best else None
+            history = [EvalRecord(**h) for h in state["history"]]
+            t0 -= float(state["elapsed"])
+            logger.info(
+                "%s: resuming from %s after %d steps (best %s %.5f at step %d).",
+                model.name,
+                ckpt.directory,
+                steps,
+                config.monitor,
+                stopper.best_value,
+                stopper.best_step,
+            )
+    iterator = iter(_dataset(split.train, config, start_step=steps))
+    progbar = keras.utils.Progbar(config.max_steps, unit_name="step") if config.verbose else None
+    if progbar is not None and steps:
+        progbar.update(steps)
+    while steps < config.max_steps and not stopper.exhausted:
         n = min(config.eval_every, config.max_steps - steps)
         last_loss = _run_steps(model, runner, iterator, n, steps, config)
         steps += n
         result = _evaluate(model, evaluator, "validation")
         value = monitor_value(result, config.monitor)
-        stopper.update(value, steps, result, model, keep=config.restore_best)
+        improved = stopper.update(value, steps, result, model, keep=config.restore_best)
         record = EvalRecord(
             step=steps,
             loss=last_loss,
@@ -656,6 +699,15 @@ def train_bpr(
         )
         if progbar is not None:
             progbar.update(steps, values=[("loss", last_loss), (f"val_{config.monitor}", value)])
+        if ckpt is not None:
+            ckpt.save(
+                _loop_state(steps, last_loss, stopper, history, t0, improved),
+                fingerprint,
+                model,
+                opt,
+                stopper.best_weights,
+                None if stopper.best_result is None else stopper.best_result.to_dict(),
+            )
         if stopper.exhausted:
             logger.info(
                 "%s: no improvement for %d evaluations; stopping at step %d.",
@@ -663,7 +715,6 @@ def train_bpr(
                 config.patience,
                 steps,
             )
-            break
     stopped_early = stopper.exhausted and steps < config.max_steps
     if stopper.best_result is None:
         raise FloatingPointError(
@@ -699,7 +750,7 @@ def train_bpr(
             monitor_value(test, config.monitor),
             stopper.best_step,
         )
-    return TrainResult(
+    out = TrainResult(
         best_step=stopper.best_step,
         steps=steps,
         best_value=stopper.best_value,
@@ -712,6 +763,57 @@ def train_bpr(
         final_loss=last_loss,
         wall_time=time.perf_counter() - t0,
         config=config,
+    )
+    if ckpt is not None:
+        state = _loop_state(steps, last_loss, stopper, history, t0, False)
+        state["finished"] = True
+        ckpt.save(state, fingerprint, model, model.optimizer, None, None, out.to_dict())
+    return out
+
+
+def _loop_state(
+    steps: int,
+    last_loss: float,
+    stopper: _EarlyStopping,
+    history: list[EvalRecord],
+    t0: float,
+    improved: bool,
+) -> dict:
+    """JSON-ready state of the `train_bpr` loop for `TrainCheckpoint`."""
+    return {
+        "steps": steps,
+        "last_loss": last_loss,
+        "best_value": stopper.best_value,
+        "best_step": stopper.best_step,
+        "wait": stopper.wait,
+        "history": [h.to_dict() for h in history],
+        "elapsed": time.perf_counter() - t0,
+        "finished": False,
+        "best_unchanged": not improved,
+    }
+
+
+def _ranking_from_dict(d: Mapping[str, Any]) -> Any:
+    from tfembsize.metrics import RankingResult
+
+    return RankingResult.from_dict(d)
+
+
+def _result_from_dict(d: Mapping[str, Any]) -> TrainResult:
+    """Inverse of `TrainResult.to_dict`."""
+    return TrainResult(
+        best_step=int(d["best_step"]),
+        steps=int(d["steps"]),
+        best_value=float(d["best_value"]),
+        monitor=d["monitor"],
+        validation=None if d["validation"] is None else _ranking_from_dict(d["validation"]),
+        test=None if d["test"] is None else _ranking_from_dict(d["test"]),
+        history=tuple(EvalRecord(**h) for h in d["history"]),
+        stopped_early=bool(d["stopped_early"]),
+        refit_steps=int(d["refit_steps"]),
+        final_loss=float(d["final_loss"]),
+        wall_time=float(d["wall_time"]),
+        config=TrainConfig.from_dict(d["config"]),
     )
 
 

@@ -23,10 +23,13 @@ to ES (``ratio_vs_es``), and search methods' wall time relative to one full trai
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import inspect
 import json
 import logging
 import math
 import os
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -276,8 +279,14 @@ class MethodContext:
         if self.budget is not None:
             self.budget.check_total(used, rows, what="model to retrain")
         config = resolve_config(self.train_config, model, self.split, seed=seed)
+        extra = {}
+        if self.directory and _accepts_keyword(self.train_fn, "checkpoint_dir"):
+            # A killed retraining resumes after its last validation chunk (`TrainCheckpoint`);
+            # the key names this exact start (initial weights, sizes, recipe).
+            key = _training_key(model, plan, config)
+            extra["checkpoint_dir"] = os.path.join(self.directory, "training", key)
         t0 = time.perf_counter()
-        train = run_training(self.train_fn, model, self.split, self.evaluator, config)
+        train = run_training(self.train_fn, model, self.split, self.evaluator, config, **extra)
         wall = time.perf_counter() - t0
         if not train["finite"]:
             raise FloatingPointError(
@@ -782,6 +791,28 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
+def _accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
+    """True if ``fn`` takes a keyword argument ``name`` (or ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _training_key(model: Any, plan: SizePlan | None, config: Any) -> str:
+    """A short hash of a retraining's start: initial weights, sizes and recipe."""
+    h = hashlib.sha1()
+    for w in model.get_weights():
+        arr = np.ascontiguousarray(w)
+        h.update(str(arr.shape).encode())
+        h.update(arr.tobytes())
+    if plan is not None:
+        h.update(json.dumps(plan.to_dict(), sort_keys=True, default=_jsonable).encode())
+    h.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
 def _load_cells(directory: str) -> dict[str, CellResult]:
     cells = {}
     if not os.path.isdir(directory):
@@ -927,6 +958,8 @@ def run_protocol(
             logger.info("Cell %s: running.", key)
         cell = run_cell(method, ctx)
         _write_json(os.path.join(cells_dir, f"{key}.json"), cell.to_dict())
+        # The cell is on disk: its retraining checkpoints are no longer needed.
+        shutil.rmtree(os.path.join(ctx.directory, "training"), ignore_errors=True)
         finished[key] = cell
         todo.remove((name, sparsity, seed))
         ran += 1

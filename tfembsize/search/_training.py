@@ -69,8 +69,11 @@ def run_training(
     split: Any,
     evaluator: Any,
     config: Any,
+    **kwargs: Any,
 ) -> dict:
     """Trains with ``train_fn`` and reports what happened without raising on divergence.
+
+    ``kwargs`` go to ``train_fn`` (e.g. ``checkpoint_dir`` for `train_bpr`).
 
     Returns:
         ``{"finite", "steps", "best_step", "loss", "validation", "message"}``: ``finite`` is
@@ -80,7 +83,7 @@ def run_training(
     from tfembsize.models import NonFiniteLossError
 
     try:
-        result = train_fn(model, split, evaluator, config=config)
+        result = train_fn(model, split, evaluator, config=config, **kwargs)
     except NonFiniteLossError as err:
         return {
             "finite": False,

@@ -1,0 +1,214 @@
+"""Crash-safe state of a `train_bpr` run, so a killed training resumes where it stopped.
+
+After every validation chunk `train_bpr` writes, atomically, the model weights, the optimiser
+state (Adam's moments and step counter), the best weights so far, the early-stopping state and
+the evaluation history into ``checkpoint_dir``. Rerunning the same call with the same
+``checkpoint_dir`` continues after the last written chunk with the sampler positioned at the
+same step, so an interrupted run and an uninterrupted one take the same optimiser steps on the
+same batches. When training has finished, the directory holds the final result and a rerun
+returns it without training again.
+
+Files are ``.npz`` arrays and a JSON state (no pickle). A checkpoint written for another
+recipe, model layout or optimiser is refused with an error naming the difference rather than
+silently mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TrainCheckpoint"]
+
+logger = logging.getLogger(__name__)
+
+_FORMAT = "tfembsize.TrainCheckpoint"
+_VERSION = 1
+
+
+def _optimizer_variables(optimizer: Any) -> list:
+    variables = optimizer.variables
+    if callable(variables):  # tf-keras legacy optimisers expose a method
+        variables = variables()
+    return list(variables)
+
+
+def _save_arrays(path: Path, arrays: list[np.ndarray]) -> None:
+    np.savez(path, **{f"a{i:05d}": np.asarray(a) for i, a in enumerate(arrays)})
+
+
+def _load_arrays(path: Path) -> list[np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return [data[f"a{i:05d}"] for i in range(len(data.files))]
+
+
+class TrainCheckpoint:
+    """The on-disk state of one `train_bpr` run (see the module docstring).
+
+    Args:
+        directory: where the state lives (created on the first save).
+
+    Example:
+        >>> result = train_bpr(model, split, evaluator, checkpoint_dir="runs/mf")  # doctest: +SKIP
+        >>> # killed? run the same line again: it continues after the last evaluation.
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        if not isinstance(directory, (str, os.PathLike)) or not str(directory):
+            raise TypeError(
+                f"`checkpoint_dir` must be a non-empty path. Received: checkpoint_dir={directory!r}"
+            )
+        self.directory = Path(directory)
+
+    @property
+    def _current(self) -> Path:
+        """The directory the ``LATEST`` pointer names (a missing one if there is none)."""
+        pointer = self.directory / "LATEST"
+        name = pointer.read_text().strip() if pointer.is_file() else "missing"
+        return self.directory / name
+
+    # -- identity --------------------------------------------------------------------------
+    @staticmethod
+    def fingerprint(model: Any, config: Any, optimizer: Any) -> dict:
+        """What must match between the run that wrote a checkpoint and the one resuming it."""
+        cfg = config.to_dict()
+        cfg.pop("verbose", None)
+        return {
+            "model": type(model).__name__,
+            "weights": [list(map(int, np.shape(w))) for w in model.get_weights()],
+            "optimizer": type(optimizer).__name__,
+            "optimizer_variables": len(_optimizer_variables(optimizer)),
+            "config": cfg,
+        }
+
+    # -- reading ---------------------------------------------------------------------------
+    def exists(self) -> bool:
+        """True if a complete checkpoint is on disk."""
+        return (self._current / "state.json").is_file()
+
+    def load_state(self, fingerprint: dict) -> dict | None:
+        """The saved JSON state (None if there is none); raises if it belongs to another run.
+
+        Raises:
+            ValueError: the checkpoint was written for another recipe, model or optimiser.
+        """
+        if not self.exists():
+            return None
+        state = json.loads((self._current / "state.json").read_text())
+        if state.get("format") != _FORMAT or state.get("version") != _VERSION:
+            raise ValueError(
+                f"{self._current} is not a tfembsize training checkpoint (format "
+                f"{state.get('format')!r}, version {state.get('version')!r})."
+            )
+        saved = state["fingerprint"]
+        for key in ("model", "weights", "optimizer", "optimizer_variables", "config"):
+            if saved.get(key) != fingerprint.get(key):
+                raise ValueError(
+                    f"The training checkpoint in {self.directory} was written by another run: "
+                    f"its {key} is {saved.get(key)!r}, this run's is {fingerprint.get(key)!r}. "
+                    "Use another `checkpoint_dir` or delete this one to start over."
+                )
+        return state
+
+    def restore_into(self, model: Any, optimizer: Any) -> None:
+        """Loads the saved weights and optimiser variables (after ``optimizer.build``)."""
+        model.set_weights(_load_arrays(self._current / "weights.npz"))
+        values = _load_arrays(self._current / "optimizer.npz")
+        variables = _optimizer_variables(optimizer)
+        if len(values) != len(variables):
+            raise ValueError(
+                f"The checkpoint has {len(values)} optimiser variables, the optimiser has "
+                f"{len(variables)}."
+            )
+        for var, value in zip(variables, values, strict=True):
+            if tuple(var.shape) != value.shape:
+                raise ValueError(
+                    f"Optimiser variable {getattr(var, 'name', '?')} has shape "
+                    f"{tuple(var.shape)}; the checkpoint's is {value.shape}."
+                )
+            var.assign(value)
+
+    def best_weights(self) -> list[np.ndarray] | None:
+        """The best weights so far (None if none were kept)."""
+        path = self._current / "best.npz"
+        return _load_arrays(path) if path.is_file() else None
+
+    def best_result(self) -> dict | None:
+        """``RankingResult.to_dict()`` of the best evaluation so far (None if none)."""
+        path = self._current / "best_result.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def result(self) -> dict | None:
+        """``TrainResult.to_dict()`` of a finished run (None while unfinished)."""
+        path = self._current / "result.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    # -- writing ---------------------------------------------------------------------------
+    def save(
+        self,
+        state: dict,
+        fingerprint: dict,
+        model: Any,
+        optimizer: Any,
+        best_weights: list | None,
+        best_result: dict | None = None,
+        result: dict | None = None,
+    ) -> None:
+        """Writes a new checkpoint atomically (a crash leaves the previous one intact).
+
+        Args:
+            state: JSON-ready loop state; ``state["best_unchanged"]`` True copies the previous
+                checkpoint's best weights and best result instead of writing them again.
+            fingerprint: `fingerprint` of the run.
+            model: the model (its current weights are saved).
+            optimizer: its built optimiser (every variable is saved).
+            best_weights: the best weights so far, or None.
+            best_result: ``RankingResult.to_dict()`` of the best evaluation, or None.
+            result: ``TrainResult.to_dict()`` once training has finished, else None.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            _save_arrays(tmp / "weights.npz", model.get_weights())
+            _save_arrays(
+                tmp / "optimizer.npz", [v.numpy() for v in _optimizer_variables(optimizer)]
+            )
+            previous = self._current
+            reuse = bool(state.get("best_unchanged"))
+            if best_weights is not None:
+                if reuse and (previous / "best.npz").is_file():
+                    shutil.copyfile(previous / "best.npz", tmp / "best.npz")
+                else:
+                    _save_arrays(tmp / "best.npz", best_weights)
+            if best_result is not None:
+                if reuse and (previous / "best_result.json").is_file():
+                    shutil.copyfile(previous / "best_result.json", tmp / "best_result.json")
+                else:
+                    (tmp / "best_result.json").write_text(json.dumps(best_result))
+            if result is not None:
+                (tmp / "result.json").write_text(json.dumps(result))
+            payload = dict(state, format=_FORMAT, version=_VERSION, fingerprint=fingerprint)
+            payload.pop("best_unchanged", None)
+            (tmp / "state.json").write_text(json.dumps(payload, indent=1, sort_keys=True))
+            final = self.directory / f"step-{int(state['steps']):09d}-{uuid.uuid4().hex[:8]}"
+            os.replace(tmp, final)
+            pointer = self.directory / f".LATEST-{uuid.uuid4().hex}"
+            pointer.write_text(final.name)
+            os.replace(pointer, self.directory / "LATEST")  # the commit point
+            for stale in self.directory.iterdir():  # this and earlier runs' leftovers
+                if stale != final and stale.name.startswith(("step-", ".tmp-", ".LATEST-")):
+                    if stale.is_dir():
+                        shutil.rmtree(stale, ignore_errors=True)
+                    else:
+                        stale.unlink(missing_ok=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
