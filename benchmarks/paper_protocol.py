@@ -113,6 +113,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "data, backbone, d_max and recipe) are copied instead of rerun",
     )
     p.add_argument("--max-cells", type=int, default=None, help="stop after N new cells")
+    p.add_argument(
+        "--jit-compile",
+        action="store_true",
+        help="compile each training step with XLA (faster on CPU; same recipe, so cells run "
+        "with and without it are interchangeable)",
+    )
     p.add_argument("--list-methods", action="store_true")
     p.add_argument("-v", "--verbose", type=int, default=1)
     return p.parse_args(argv)
@@ -151,6 +157,8 @@ def build_config(args: argparse.Namespace):
         if v is not None
     }
     recipe = recipe.replace(**changes)
+    if getattr(args, "jit_compile", False):
+        recipe = recipe.replace(jit_compile=True)
     seeds = (
         tuple(int(s) for s in args.seed_list.split(","))
         if args.seed_list

@@ -462,3 +462,26 @@ def test_a_checkpoint_of_another_recipe_is_refused(small_split, tmp_path):
             config=config,
             checkpoint_dir="",
         )
+
+
+@pytest.mark.parametrize("backbone", ["mf", "ncf"])
+def test_jit_compiled_steps_match_the_plain_loop(small_split, backbone):
+    def trained(jit):
+        keras.utils.set_random_seed(3)
+        if backbone == "mf":
+            model = MF.create(small_split.num_users, small_split.num_items, 8)
+        else:
+            model = NCF.create(small_split.num_users, small_split.num_items, 8)
+        config = TrainConfig(
+            max_steps=20, eval_every=10, batch_size=32, evaluate_test=False, jit_compile=jit
+        )
+        result = train_bpr(model, small_split, RankingEvaluator(small_split), config=config)
+        return model.get_weights(), [h.loss for h in result.history]
+
+    plain_w, plain_loss = trained(False)
+    jit_w, jit_loss = trained(True)
+    np.testing.assert_allclose(jit_loss, plain_loss, rtol=1e-4)
+    for a, b in zip(jit_w, plain_w, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    with pytest.raises(ValueError, match=r"`jit_compile` must be True or False. Received: jit_compile=1"):
+        TrainConfig(jit_compile=1)

@@ -79,7 +79,8 @@ class TrainCheckpoint:
     def fingerprint(model: Any, config: Any, optimizer: Any) -> dict:
         """What must match between the run that wrote a checkpoint and the one resuming it."""
         cfg = config.to_dict()
-        cfg.pop("verbose", None)
+        for key in ("verbose", "jit_compile"):  # how it runs, not what it computes
+            cfg.pop(key, None)
         return {
             "model": type(model).__name__,
             "weights": [list(map(int, np.shape(w))) for w in model.get_weights()],

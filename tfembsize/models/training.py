@@ -179,6 +179,9 @@ class TrainConfig:
         evaluate_test: evaluate on test once at the end (never used for any decision).
         seed: seed of the BPR sampler.
         verbose: 0 silent (logging only), 1 a Keras progress bar.
+        jit_compile: compile each optimiser step with XLA (about 1.6x faster for MF on CPU).
+            Under XLA TensorFlow drops assertions, so ids are not range-checked inside the
+            step (the BPR pipeline only produces valid ids).
 
     Example:
         >>> TrainConfig.preset("lightgcn", max_steps=2000).learning_rate
@@ -200,6 +203,7 @@ class TrainConfig:
     evaluate_test: bool = True
     seed: int = 0
     verbose: int = 0
+    jit_compile: bool = False
 
     def __post_init__(self) -> None:
         _check_schedule(
@@ -218,6 +222,10 @@ class TrainConfig:
             raise ValueError(f"`seed` must be a non-negative integer. Received: seed={self.seed!r}")
         if not _is_int(self.verbose) or self.verbose < 0:
             raise ValueError(f"`verbose` must be 0 or 1. Received: verbose={self.verbose!r}")
+        if not isinstance(self.jit_compile, bool):
+            raise ValueError(
+                f"`jit_compile` must be True or False. Received: jit_compile={self.jit_compile!r}"
+            )
 
     def schedule(self) -> Any:
         """The learning rate: a float if constant, else a `StaircaseDecay`."""
@@ -485,14 +493,22 @@ class _EarlyStopping:
         return self.wait >= self.patience
 
 
-def _chunk_runner(model: Any) -> Any:
+def _chunk_runner(model: Any, jit_compile: bool = False) -> Any:
     """A compiled loop running up to ``n`` optimiser steps; stops at a non-finite loss.
 
     Written as an explicit ``tf.while_loop`` and traced without AutoGraph: converting the
     Keras call stack with AutoGraph costs seconds per trace and changes nothing for our
     backbones. Models whose code needs AutoGraph (TFRS tasks call ``len`` on tensors) set the
-    class attribute ``requires_autograph = True``.
+    class attribute ``requires_autograph = True``. With ``jit_compile`` the optimiser step
+    (forward, gradient, Adam update) is one XLA cluster called from the loop (the input
+    pipeline stays outside); on CPU that is about 1.6x faster for MF (measured on ML-1M).
     """
+    autograph = bool(getattr(model, "requires_autograph", False))
+
+    def one_step(batch: Any) -> tf.Tensor:
+        return model.train_batch(batch).loss
+
+    step = tf.function(one_step, jit_compile=True, autograph=autograph) if jit_compile else one_step
 
     def run(iterator: Any, n: tf.Tensor) -> tf.Tensor:
         def cond(i: tf.Tensor, finite: tf.Tensor, losses: tf.TensorArray) -> tf.Tensor:
@@ -501,7 +517,7 @@ def _chunk_runner(model: Any) -> Any:
         def body(
             i: tf.Tensor, finite: tf.Tensor, losses: tf.TensorArray
         ) -> tuple[tf.Tensor, tf.Tensor, tf.TensorArray]:
-            loss = model.train_batch(iterator.get_next()).loss
+            loss = step(iterator.get_next())
             return i + 1, tf.math.is_finite(loss), losses.write(i, loss)
 
         start = (
@@ -512,7 +528,7 @@ def _chunk_runner(model: Any) -> Any:
         _, _, losses = tf.while_loop(cond, body, start)
         return losses.stack()
 
-    return tf.function(run, autograph=bool(getattr(model, "requires_autograph", False)))
+    return tf.function(run, autograph=autograph)
 
 
 def _prepare(model: Any, config: TrainConfig, optimizer: Callable[[Any], Any] | None = None) -> Any:
@@ -628,7 +644,7 @@ def train_bpr(
     initial = model.get_weights() if config.refit else None
 
     opt = _prepare(model, config, optimizer)
-    runner = _chunk_runner(model)
+    runner = _chunk_runner(model, config.jit_compile)
     stopper = _EarlyStopping(config.patience, config.min_delta)
     history: list[EvalRecord] = []
     steps = 0
@@ -733,7 +749,7 @@ def train_bpr(
         if callable(getattr(model, "set_graph", None)):
             model.set_graph(full)
         _prepare(model, config, optimizer)
-        runner = _chunk_runner(model)
+        runner = _chunk_runner(model, config.jit_compile)
         iterator = iter(_dataset(full, config))
         done = 0
         while done < refit_steps:

@@ -105,7 +105,9 @@ def recipe_dict(config: Any, split: Any) -> dict:
     from tfembsize.search._training import steps_per_epoch
 
     d = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
-    for key in ("evaluate_test", "verbose"):  # test is evaluated once by the runner
+    # The test is evaluated once by the runner; verbosity and XLA change how a cell runs, not
+    # what it computes, so cells run with and without them are interchangeable.
+    for key in ("evaluate_test", "verbose", "jit_compile"):
         d.pop(key, None)
     d["steps_per_epoch"] = steps_per_epoch(split, d.get("batch_size", 1))
     return d
