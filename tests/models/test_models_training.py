@@ -483,5 +483,14 @@ def test_jit_compiled_steps_match_the_plain_loop(small_split, backbone):
     np.testing.assert_allclose(jit_loss, plain_loss, rtol=1e-4)
     for a, b in zip(jit_w, plain_w, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
-    with pytest.raises(ValueError, match=r"`jit_compile` must be True or False. Received: jit_compile=1"):
+    with pytest.raises(
+        ValueError, match=r"`jit_compile` must be True or False. Received: jit_compile=1"
+    ):
         TrainConfig(jit_compile=1)
+
+
+def test_jit_compile_is_refused_for_graph_backbones(small_split):
+    model = LightGCN.create(small_split.train, 8, num_layers=1)
+    config = TrainConfig(max_steps=10, eval_every=10, batch_size=16, jit_compile=True)
+    with pytest.raises(ValueError, match=r"`jit_compile=True` is not supported for LightGCN"):
+        train_bpr(model, small_split, RankingEvaluator(small_split), config=config)

@@ -620,7 +620,9 @@ def train_bpr(
     Raises:
         NonFiniteLossError: a training loss was NaN or infinite (names the step).
         TypeError: ``model`` is not a BPR backbone.
-        ValueError: ``checkpoint_dir`` holds a checkpoint of another recipe or model.
+        ValueError: ``checkpoint_dir`` holds a checkpoint of another recipe or model, or
+            ``config.jit_compile`` is set for a model that cannot be XLA-compiled (graph
+            backbones).
 
     Example:
         >>> result = train_bpr(MF.create(split.num_users, split.num_items), split,
@@ -636,6 +638,11 @@ def train_bpr(
         config = default_config(model)
     if not isinstance(config, TrainConfig):
         raise TypeError(f"`config` must be a TrainConfig. Received: {type(config).__name__}")
+    if config.jit_compile and getattr(model, "supports_jit", True) is False:
+        raise ValueError(
+            f"`jit_compile=True` is not supported for {type(model).__name__}: its graph "
+            "propagation (sparse-dense matmul) has no XLA kernel. Use jit_compile=False."
+        )
     t0 = time.perf_counter()
     if callable(getattr(model, "set_graph", None)):
         model.set_graph(split.train)
