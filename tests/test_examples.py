@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -28,3 +30,20 @@ def test_quickstart_runs(tmp_path):
     assert "repaired: 25600 <= 25600" in out
     assert "sizes survive save/load: True" in out
     assert list(tmp_path.iterdir()) == []  # writes only to temporary directories
+
+
+@pytest.mark.slow
+def test_demo_searches_retrains_and_exports(tmp_path):
+    """`make demo`: BET search -> retraining within budget -> compressed SavedModel."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import demo
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    out = demo.main(str(tmp_path / "demo"))
+    assert out["usable_params"] <= out["budget"] == 44_800
+    # Both sized models learn more than item popularity.
+    assert out["bet_recall"] > out["popularity_recall"]
+    assert out["es_recall"] > out["popularity_recall"]
+    assert (Path(out["export"]) / "saved_model.pb").is_file()
+    assert out["top_items"].shape == (3, 10)

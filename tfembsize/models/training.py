@@ -528,7 +528,13 @@ def _chunk_runner(model: Any, jit_compile: bool = False) -> Any:
         _, _, losses = tf.while_loop(cond, body, start)
         return losses.stack()
 
-    return tf.function(run, autograph=autograph)
+    runner = tf.function(run, autograph=autograph)
+    # Every `train_bpr` call compiles its own loop (the model differs), so TensorFlow's
+    # "frequent retracing" warning, keyed by the code object, would fire in every search.
+    for fn in (runner, step):
+        if isinstance(fn, tf.types.experimental.PolymorphicFunction):
+            fn._omit_frequent_tracing_warning = True
+    return runner
 
 
 def _prepare(model: Any, config: TrainConfig, optimizer: Callable[[Any], Any] | None = None) -> Any:
