@@ -33,11 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -120,6 +122,37 @@ def pep_masks(c: float, fu: np.ndarray, fi: np.ndarray) -> tuple:
     masks = [s > threshold for s in scores]
     assert sum(int(m.sum()) for m in masks) <= budget
     return tables, masks
+
+
+def log2_binomial(n: int, k: int) -> float:
+    """``log2(n choose k)``: bits any index needs to tell one k-subset of n positions apart."""
+    return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
+
+
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    """Entropy in bits of a Bernoulli(p) variable (0 at p in {0, 1})."""
+    p = np.clip(p, 1e-300, 1.0)
+    q = np.clip(1.0 - p, 1e-300, 1.0)
+    return -(p * np.log2(p) + q * np.log2(q))
+
+
+def pep_position_bounds(c: float, fu: np.ndarray, fi: np.ndarray) -> dict:
+    """Lower bounds on bytes / (4 x usable params) for any position index of the PEP masks.
+
+    ``subset``: log2 C(rows x d, nnz) bits per table, what an index that works for every mask
+    with this many non-zeros needs (worst case); ``column_entropy``: sum over columns of
+    rows x H(fraction kept in that column), what a coder knowing each column's density needs
+    on average. Both ignore the row map and assume the values are stored as exact float32.
+    """
+    _, masks = pep_masks(c, fu, fi)
+    nnz = sum(int(m.sum()) for m in masks)
+    subset = sum(log2_binomial(m.size, int(m.sum())) for m in masks)
+    column = sum(float(m.shape[0] * binary_entropy(m.mean(axis=0)).sum()) for m in masks)
+    return {
+        "usable_params": nnz,
+        "subset": 1.0 + subset / 8 / (4 * nnz),
+        "column_entropy": 1.0 + column / 8 / (4 * nnz),
+    }
 
 
 def pep_model(c: float, fu: np.ndarray, fi: np.ndarray) -> MF:
@@ -232,6 +265,52 @@ def run_config(
     return out
 
 
+def pep_b1_breakdown(c: float, fu: np.ndarray, fi: np.ndarray, repeats: int = 40) -> dict:
+    """CPU milliseconds (process time) of one b=1 top-k over a PEP item table, by step.
+
+    In-memory tf.functions, no XLA, the steps timed alternately: the dense GEMV + top-k
+    against the compressed top-k, and the two O(non-zeros) steps of the compressed scoring
+    (unpacking the column indices; gathering the query coordinate of every stored value and
+    multiplying). Process time adds the work of all threads, so it is robust to other jobs
+    on the machine.
+    """
+    from tfembsize.export import compress
+    from tfembsize.layers.compressed_embedding import _unpack_all_tf
+
+    keras.backend.clear_session()
+    item = compress(pep_model(c, fu, fi)).item_embedding
+    n_vals = int(item._bases[item.colist_classes])
+    cols_words = item._read("columns")
+    vals = item._read("values")[:n_vals]
+    cols = _unpack_all_tf(cols_words, item.column_bits, n_vals)
+    table = tf.constant(item.masked_table())
+    q = tf.constant(np.random.default_rng(0).normal(size=(1, D_MAX)).astype(np.float32))
+    steps = {
+        "dense: matmul + top_k": tf.function(
+            lambda: tf.math.top_k(tf.matmul(q, table, transpose_b=True), K)
+        ),
+        "compressed: whole top_k": tf.function(lambda: item.top_k(q, K)),
+        "compressed: unpack column indices": tf.function(
+            lambda: _unpack_all_tf(cols_words, item.column_bits, n_vals)
+        ),
+        "compressed: gather query coords x values": tf.function(
+            lambda: tf.gather(tf.transpose(q), cols) * vals[:, None]
+        ),
+    }
+    times: dict[str, list[float]] = {n: [] for n in steps}
+    for fn in steps.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in steps.items():
+            t0 = time.process_time()
+            fn()
+            times[name].append(time.process_time() - t0)
+    out = {n: 1000 * statistics.median(v) for n, v in times.items()}
+    out["stored values"] = n_vals
+    out["item rows"] = item.input_dim
+    return out
+
+
 def load_partial(fresh: bool) -> dict:
     if fresh or not PARTIAL.is_file():
         return {}
@@ -253,6 +332,9 @@ def main() -> None:
     parser.add_argument("--repeats-big", type=int, default=12)
     parser.add_argument("--big-batch", type=int, default=1024)
     parser.add_argument("--no-jit-check", dest="jit_check", action="store_false")
+    parser.add_argument(
+        "--keep-partial", action="store_true", help="keep results/export.partial.json at the end"
+    )
     args = parser.parse_args()
     if args.quick:
         args.repeats_b1, args.repeats_big, args.big_batch = 10, 3, 256
@@ -331,14 +413,28 @@ def main() -> None:
                 payload[f"latency_ratio_{lat}"][kind][str(c)] = r[f"latency_{lat}"]["ratio"]
             payload["dense_bytes_ratio"][kind][str(c)] = r["dense_bytes_ratio"]
             payload["gpu_ready"][kind][str(c)] = r["gpu_ready"]
+    if "analysis:pep_b1_cpu_ms@0.9" not in done:
+        done["analysis:pep_b1_cpu_ms@0.9"] = pep_b1_breakdown(0.9, fu, fi)
+        if not args.quick:
+            save_partial(done)
+    payload["pep_b1_cpu_ms"] = done["analysis:pep_b1_cpu_ms@0.9"]
+    payload["pep_masks"] = (
+        "synthetic: not trained PEP thresholds. Gaussian tables scaled by sqrt(row frequency) "
+        "x exp(-column / 48); the globally largest |entries| within the budget are kept."
+    )
+    payload["pep_bytes_ratio_lower_bound"] = {
+        str(c): pep_position_bounds(c, fu, fi) for c in SPARSITIES
+    }
     payload["layout_study"] = {
         "frequency, exact classes (default)": done["frequency@0.9"],
         "pep, positions=columns (default)": done["pep@0.9"],
         **{k.split(":", 1)[1]: v for k, v in done.items() if k.startswith("layout:")},
     }
-    payload["details"] = {k: v for k, v in done.items() if not k.startswith("layout:")}
+    payload["details"] = {
+        k: v for k, v in done.items() if not k.startswith(("layout:", "analysis:"))
+    }
     write_results("export" if not args.quick else "export_quick", payload, markdown(payload))
-    if not args.quick and PARTIAL.is_file():
+    if not args.quick and not args.keep_partial and PARTIAL.is_file():
         PARTIAL.unlink()
 
 
@@ -367,6 +463,76 @@ def markdown(p: dict) -> str:
                 f"{p['latency_ratio_b1_xla'][kind][s]:.3f} | "
                 f"{p['latency_ratio_b1024_xla'][kind][s]:.3f} | {p['gpu_ready'][kind][s]} |"
             )
+    notes = [f"{key}: {r['note']}" for key, r in p["details"].items() if r.get("note")]
+    if notes:
+        lines += ["", "Notes: " + "; ".join(notes) + "."]
+    lines += [
+        "",
+        f"**The PEP masks are synthetic** ({p['pep_masks']}). They are unstructured, so the "
+        "positions of the kept entries must be stored: no position index can take fewer bytes "
+        "than the bounds below (bytes / (4 x usable params), row map not counted):",
+        "",
+        "| c | any index for this many non-zeros (log2 C(rows*d, nnz)) | "
+        "per-column-density entropy coder |",
+        "|---:|---:|---:|",
+    ]
+    for c, b in p["pep_bytes_ratio_lower_bound"].items():
+        lines.append(f"| {c} | {b['subset']:.3f} | {b['column_entropy']:.3f} |")
+    cpu = p["pep_b1_cpu_ms"]
+    lines += [
+        "",
+        "Goals (bytes ratio <= 1.10 at c=0.9, latency ratios <= 1.10):",
+        "",
+    ]
+    for kind in ("frequency", "pep"):
+        bytes_ok = p["bytes_ratio"][kind]["0.9"] <= 1.10
+        misses = [
+            f"{lat.replace('latency_ratio_', '')} at c={c} ({p[lat][kind][str(c)]:.2f})"
+            for lat in ("latency_ratio_b1", "latency_ratio_b1024")
+            for c in SPARSITIES
+            if p[lat][kind][str(c)] > 1.10
+        ]
+        lines.append(
+            f"- {kind}: bytes at c=0.9 {p['bytes_ratio'][kind]['0.9']:.3f} "
+            f"({'met' if bytes_ok else 'MISSED'}); latency (default export, no XLA) "
+            + ("met everywhere" if not misses else "MISSED: " + ", ".join(misses))
+        )
+    lines += [
+        "",
+        "Why PEP misses: (1) bytes: the column indices cost 1 byte per 4-byte value (ratio "
+        ">= 1.25 plus the row map); the table above shows that even an ideal entropy coder of "
+        "these masks needs more than 1.10 at c=0.9, and such a coder would not be GPU/XLA "
+        "friendly. (2) latency at b=1 without XLA: scoring all items touches every stored "
+        "value through a gather, which on CPU costs more than the dense matrix-vector "
+        "product over 10x as many floats. CPU time of one b=1 top-k at c=0.9 (process time, "
+        f"median, {cpu['stored values']} stored item values, {cpu['item rows']} rows):",
+        "",
+        "| step | CPU ms |",
+        "|---|---:|",
+    ]
+    for name, value in cpu.items():
+        if name in ("stored values", "item rows"):
+            continue
+        lines.append(f"| {name} | {value:.2f} |")
+    gather = cpu["compressed: gather query coords x values"]
+    dense = cpu["dense: matmul + top_k"]
+    xla = p["latency_ratio_b1_xla"]["pep"]
+    lines += [
+        "",
+        f"The gather alone ({gather:.2f} ms) costs {gather / dense:.1f}x the whole dense "
+        f"top-k ({dense:.2f} ms), so no op-by-op TF graph over a layout that stores positions "
+        "reaches 1.10 at b=1 on CPU. With `jit_compile=True` (XLA fuses unpack, gather, "
+        "multiply and the per-row sums) the PEP b=1 ratios are "
+        + ", ".join(f"{v:.2f} (c={c})" for c, v in xla.items())
+        + ". Export PEP models with `jit_compile=True` when small-batch CPU latency matters "
+        "(XLA compiles once per distinct batch size).",
+        "",
+        f"In CPU time the compressed b=1 top-k costs {cpu['compressed: whole top_k'] / dense:.1f}x "
+        "the dense one; the wall-clock b=1 ratios in the first table are larger because the "
+        "non-XLA compressed graph runs a few hundred small ops (a few per size class) that "
+        "each wait for a core when the machine is oversubscribed (see the load average "
+        "below), while the dense graph is a handful of ops.",
+    ]
     lines += [
         "",
         "Layout study at c=0.9 (latency without XLA, against the same dense export):",

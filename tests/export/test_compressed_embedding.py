@@ -10,6 +10,8 @@ from tfembsize._keras import keras
 from tfembsize.layers import MaskedEmbedding
 from tfembsize.layers.compressed_embedding import (
     CompressedEmbedding,
+    _unpack_all_tf,
+    _unpack_tf,
     bits_for,
     pack_table,
     pack_uint,
@@ -121,6 +123,22 @@ def test_pack_uint_round_trip(bits):
     words = pack_uint(values, bits)
     assert words.dtype == np.int32 and words.size == -(-37 * bits // 32)
     np.testing.assert_array_equal(unpack_uint(words, bits, 37), values)
+
+
+@pytest.mark.parametrize("bits", [8, 16, 32])
+def test_graph_unpacking_matches_numpy(bits):
+    # The graph side reads the same words (bitcast fast path on little-endian hosts, also
+    # under XLA) as the numpy packer wrote them.
+    rng = np.random.default_rng(bits)
+    values = rng.integers(0, 2 ** min(bits, 31), size=37, dtype=np.int64)
+    values[:2] = [0, 2 ** min(bits, 31) - 1]
+    words = tf.constant(pack_uint(values, bits))
+    for fn in (_unpack_all_tf, tf.function(_unpack_all_tf, jit_compile=True)):
+        got = fn(words, bits, 37)
+        assert got.dtype == tf.int32
+        np.testing.assert_array_equal(got.numpy(), values)
+    index = tf.constant([[36, 0], [5, 17]], tf.int32)
+    np.testing.assert_array_equal(_unpack_tf(words, index, bits).numpy(), values[index.numpy()])
 
 
 def test_bits_for():

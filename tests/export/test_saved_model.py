@@ -196,6 +196,27 @@ def test_pep_model_export(tmp_path, rng):
     np.testing.assert_array_equal(ids, ref_ids)
     np.testing.assert_allclose(scores, ref_scores, atol=1e-5, rtol=0)
     assert [t.kind for t in compression_report(result.path).tables] == ["sparse", "sparse"]
+    if is_legacy_keras():  # TFRS needs tf-keras
+        import tensorflow_recommenders as tfrs
+
+        index = tfrs.layers.factorized_top_k.BruteForce(k=7)
+        index.index(model.embed_items(tf.range(50)), tf.range(50, dtype=tf.int64))
+        bf_scores, bf_ids = index(model.embed_users(tf.range(30)), k=7)
+        ids, scores = serve(loaded, np.arange(30), 7)
+        np.testing.assert_array_equal(ids, bf_ids.numpy())
+        np.testing.assert_allclose(scores, bf_scores.numpy(), atol=1e-5, rtol=0)
+
+
+def test_graph_backbone_gets_a_clear_error_and_nothing_is_written(tmp_path, rng):
+    from tfembsize.data import synthetic
+    from tfembsize.models import LightGCN
+
+    model = LightGCN.create(synthetic(20, 30, 200, seed=0), 8, num_layers=1)
+    random_sizes(model.user_embedding, rng)
+    random_sizes(model.item_embedding, rng)
+    with pytest.raises(CompressionError, match="LightGCN 'lightgcn'.*captures a tensor"):
+        save_compressed(model, tmp_path / "lgcn")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_jit_compiled_signatures_still_validate_ids(tmp_path, retrieval_model):

@@ -121,7 +121,11 @@ def save_compressed(
         positions: see `tfembsize.layers.compressed_embedding.pack_table`.
         id_dtype: dtype of the id inputs of the retrieval signatures (int64 or int32).
         jit_compile: compile the signature bodies with XLA (ids are still validated
-            outside the compiled region).
+            outside the compiled region). Recommended for PEP (unstructured) tables served
+            at small batches on CPU: without XLA, scoring every item gathers each stored
+            value op by op and is several times slower than a dense matrix-vector product
+            at batch 1; with XLA it is not slower (``benchmarks/results/export.md``). XLA
+            compiles once per distinct batch size.
         overwrite: replace an existing directory at ``path``.
         verify: reload the written SavedModel and check it reproduces the in-memory
             compressed model, and check the compressed lookups against ``model``, before
@@ -218,11 +222,7 @@ def save_serving_model(
 
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
     try:
-        tf.saved_model.save(
-            root,
-            str(tmp),
-            signatures={name: sig.concrete for name, sig in built.signatures.items()},
-        )
+        _save(root, tmp, built, model)
         meta_path = tmp / METADATA_PATH
         meta_path.parent.mkdir(parents=True, exist_ok=True)
         meta_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
@@ -240,6 +240,28 @@ def save_serving_model(
         item_scoring=built.item_scoring,
         tables=tuple(t["name"] for t in tables),
     )
+
+
+def _save(root: tf.Module, tmp: Path, built: _Built, model: Any) -> None:
+    """``tf.saved_model.save`` with a clear error for computations SavedModel cannot store."""
+    try:
+        tf.saved_model.save(
+            root,
+            str(tmp),
+            signatures={name: sig.concrete for name, sig in built.signatures.items()},
+        )
+    except KeyError as err:
+        if "captures tensor" not in str(err):
+            raise
+        raise CompressionError(
+            f"Cannot write a serving SavedModel of {type(model).__name__} "
+            f"'{getattr(model, 'name', '')}': its serving computation captures a tensor that "
+            "is neither a variable nor a constant (for graph backbones such as LightGCN and "
+            "NGCF, the interaction graph kept as a CSR sparse matrix), which SavedModel cannot "
+            "store. Propagation over the graph is not exportable yet: serve the propagated "
+            "representations (`model.representations()`) as plain tables instead. "
+            f"(TensorFlow: {err})"
+        ) from err
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
