@@ -21,13 +21,16 @@ Recipe (algorithms.md §6, official ML-1M settings): d = 32, Xavier-uniform init
 per-entry thresholds. The pruning run (``model.fit`` with `PEPController.callback`) captures
 a mask at each target sparsity; each mask is retrained as a lottery ticket (``E0 * M``, the
 other weights from the same seed) with early stopping on validation AUC (patience 2), and
-test AUC is reported for the restored best epoch. The full-size FM is trained with the same
-recipe for reference. AUC is the exact Mann-Whitney statistic over the whole split (the
-official code averages per-batch AUCs).
+test AUC is reported for the restored best epoch, most pruned ticket first. The full-size FM
+is trained with the same recipe for reference, last. Every finished stage is kept in
+``benchmarks/results/_work/pep_ctr`` (not committed) and in ``results/pep_ctr.partial.json``,
+so rerunning the same command resumes after the last finished stage. AUC is the exact
+Mann-Whitney statistic over the whole split (the official code averages per-batch AUCs).
 
 Usage:
     python benchmarks/pep_ctr.py            # about 20-40 minutes on 2 CPU cores
     python benchmarks/pep_ctr.py --quick    # smoke test on a subsample
+    python benchmarks/pep_ctr.py --sparsity 0.8,0.95 --max-epochs 15   # fewer tickets
 """
 
 from __future__ import annotations
@@ -218,7 +221,31 @@ def train_with_validation(model: FM, data: dict, epochs: int) -> dict:
 
 
 # Runs --------------------------------------------------------------------------------------
-def run(quick: bool, seed: int, max_epochs: int, prune_epochs: int) -> dict:
+WORK = Path(__file__).resolve().parent / "results" / "_work" / "pep_ctr"
+
+
+def _save_partial(work: Path, partial: dict) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = work / "partial.json.tmp"
+    tmp.write_text(json.dumps(partial, indent=1))
+    os.replace(tmp, work / "partial.json")
+
+
+def run(
+    quick: bool,
+    seed: int,
+    max_epochs: int,
+    prune_epochs: int,
+    sparsities: tuple[float, ...] = SPARSITIES,
+    work: Path | None = None,
+    on_stage=None,  # noqa: ANN001
+) -> dict:
+    """Pruning, then the tickets (most pruned first), then the full FM; resumable in ``work``.
+
+    Each finished stage is kept in ``work/partial.json`` (with the masks and ``E0`` of the
+    pruning run), so a rerun with the same settings skips it; ``on_stage(result)`` is called
+    after every stage with the result so far.
+    """
     x, y, dims = load_ml1m_ctr()
     if quick:
         keep = np.random.default_rng(0).permutation(len(y))[:60_000]
@@ -236,37 +263,76 @@ def run(quick: bool, seed: int, max_epochs: int, prune_epochs: int) -> dict:
         "split": {k: int(len(v[1])) for k, v in data.items()},
     }
     print(json.dumps(info, indent=1))
+    settings = {
+        "quick": quick,
+        "seed": seed,
+        "max_epochs": max_epochs,
+        "prune_epochs": prune_epochs,
+        "sparsities": list(sparsities),
+    }
+    work = None if work is None else Path(work) / ("quick" if quick else "full")
+    partial: dict = {"settings": settings, "captures": {}}
+    if work is not None and (work / "partial.json").exists():
+        saved = json.loads((work / "partial.json").read_text())
+        if saved.get("settings") == settings:
+            partial = saved
+            print("resuming", sorted(k for k in partial if k != "settings"))
 
-    # Full-size FM (thresholds frozen open: every entry kept) for reference.
-    full, table = make_fm(num_features, seed)
-    table.freeze_mask(np.ones((num_features, DIM), bool))
-    reference = train_with_validation(full, data, max_epochs)
-    reference["params"] = table.usable_params()
-    print("full FM", reference)
+    def result() -> dict:
+        captures = partial["captures"]
+        most = max((float(c) for c in captures), default=None)
+        return {
+            "keras": "tf-keras" if is_legacy_keras() else "keras3",
+            "quick": quick,
+            "seed": seed,
+            "data": info,
+            "full_fm": partial.get("full_fm"),
+            "pruning": partial.get("pruning"),
+            "captures": dict(sorted(captures.items(), key=lambda kv: float(kv[0]))),
+            "most_pruned": None if most is None else {"sparsity": most, **captures[str(most)]},
+            "linear_params": num_features + 1,
+            "paper": PAPER,
+        }
+
+    def stage_done() -> None:
+        if work is not None:
+            _save_partial(work, partial)
+        if on_stage is not None:
+            on_stage(result())
 
     # Pruning run: model.fit + the controller's callback, masks captured at each target.
-    model, table = make_fm(num_features, seed)
-    e0 = table.embeddings.numpy().copy()
-    controller = PEPController(SPARSITIES)
-    model.compile(optimizer=optimizer(), loss="binary_crossentropy")
-    t0 = time.perf_counter()
-    model.fit(
-        *data["train"],
-        batch_size=BATCH,
-        epochs=prune_epochs,
-        verbose=0,
-        callbacks=[controller.callback()],
-    )
-    prune_seconds = time.perf_counter() - t0
-    print(
-        "captured",
-        {c: cap.step for c, cap in controller.captures.items()},
-        "missed",
-        controller.missed,
-    )
+    controller = PEPController(sparsities)
+    if "pruning" in partial and controller.restore(work):
+        e0 = np.load(work / "e0.npy")
+    else:
+        model, table = make_fm(num_features, seed)
+        e0 = table.embeddings.numpy().copy()
+        if work is not None:
+            work.mkdir(parents=True, exist_ok=True)
+            np.save(work / "e0.npy", e0)
+        controller.directory = None if work is None else str(work)
+        model.compile(optimizer=optimizer(), loss="binary_crossentropy")
+        t0 = time.perf_counter()
+        model.fit(
+            *data["train"],
+            batch_size=BATCH,
+            epochs=prune_epochs,
+            verbose=0,
+            callbacks=[controller.callback()],
+        )
+        partial["pruning"] = {
+            "sparsities": list(sparsities),
+            "captured_at_step": {str(c): cap.step for c, cap in controller.captures.items()},
+            "missed": list(controller.missed),
+            "seconds": time.perf_counter() - t0,
+        }
+        stage_done()
+    print("pruning", partial["pruning"])
 
-    captures = {}
-    for c, cap in sorted(controller.captures.items()):
+    # Lottery tickets, most pruned first.
+    for c, cap in sorted(controller.captures.items(), reverse=True):
+        if str(c) in partial["captures"]:
+            continue
         ticket, ticket_table = make_fm(num_features, seed)
         ticket_table.freeze_mask(cap.masks["features"], rewind_values=e0)
         assert ticket_table.usable_params() <= cap.limit
@@ -277,26 +343,20 @@ def run(quick: bool, seed: int, max_epochs: int, prune_epochs: int) -> dict:
             budget=cap.limit,
             rows_with_any_entry=int((ticket_table.row_sizes() > 0).sum()),
         )
-        captures[str(c)] = out
+        partial["captures"][str(c)] = out
         print(c, out)
-    most = max(controller.captures) if controller.captures else None
-    return {
-        "keras": "tf-keras" if is_legacy_keras() else "keras3",
-        "quick": quick,
-        "seed": seed,
-        "data": info,
-        "full_fm": reference,
-        "pruning": {
-            "sparsities": list(SPARSITIES),
-            "captured_at_step": {str(c): cap.step for c, cap in controller.captures.items()},
-            "missed": list(controller.missed),
-            "seconds": prune_seconds,
-        },
-        "captures": captures,
-        "most_pruned": None if most is None else {"sparsity": most, **captures[str(most)]},
-        "linear_params": num_features + 1,
-        "paper": PAPER,
-    }
+        stage_done()
+
+    # Full-size FM (thresholds frozen open: every entry kept) for reference.
+    if "full_fm" not in partial:
+        full, table = make_fm(num_features, seed)
+        table.freeze_mask(np.ones((num_features, DIM), bool))
+        reference = train_with_validation(full, data, max_epochs)
+        reference["params"] = table.usable_params()
+        partial["full_fm"] = reference
+        print("full FM", reference)
+        stage_done()
+    return result()
 
 
 def markdown(r: dict) -> str:
@@ -311,16 +371,19 @@ def markdown(r: dict) -> str:
         "",
         "| model | params | test AUC | val AUC | captured at step | epochs (best) |",
         "| --- | --- | --- | --- | --- | --- |",
-        f"| full FM | {r['full_fm']['params']:,} | {r['full_fm']['test_auc']:.4f} | "
-        f"{r['full_fm']['val_auc']:.4f} | - | {r['full_fm']['epochs']} "
-        f"({r['full_fm']['best_epoch']}) |",
     ]
+    if r["full_fm"]:
+        f = r["full_fm"]
+        lines.append(
+            f"| full FM | {f['params']:,} | {f['test_auc']:.4f} | {f['val_auc']:.4f} | - | "
+            f"{f['epochs']} ({f['best_epoch']}) |"
+        )
     for c, out in r["captures"].items():
         lines.append(
             f"| PEP c={c} | {out['params']:,} | {out['test_auc']:.4f} | {out['val_auc']:.4f} | "
             f"{out['step']} | {out['epochs']} ({out['best_epoch']}) |"
         )
-    if r["pruning"]["missed"]:
+    if r["pruning"] and r["pruning"]["missed"]:
         lines.append(f"\nMissed targets (not reached by the pruning run): {r['pruning']['missed']}")
     lines += [
         "",
@@ -337,11 +400,33 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--prune-epochs", type=int, default=60)
+    parser.add_argument(
+        "--sparsity",
+        default=",".join(f"{c:g}" for c in SPARSITIES),
+        help="comma-separated target sparsities of the pruning run",
+    )
+    parser.add_argument(
+        "--work", default=str(WORK), help="working directory of the resumable run ('' for none)"
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if args.quick:
         args.max_epochs, args.prune_epochs = 3, 3
-    result = run(args.quick, args.seed, args.max_epochs, args.prune_epochs)
+    sparsities = tuple(sorted(float(c) for c in args.sparsity.split(",") if c))
+
+    def on_stage(partial: dict) -> None:
+        if not args.no_write:
+            write_results("pep_ctr.partial", partial, markdown(partial))
+
+    result = run(
+        args.quick,
+        args.seed,
+        args.max_epochs,
+        args.prune_epochs,
+        sparsities,
+        Path(args.work) if args.work else None,
+        on_stage,
+    )
     print(markdown(result))
     if not args.no_write:
         jpath, mpath = write_results("pep_ctr", result, markdown(result))

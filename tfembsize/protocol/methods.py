@@ -1,10 +1,11 @@
-"""Built-in methods of the paper protocol: ``full``, ``es``, ``mr``, ``frequency`` and BET.
+"""Built-in methods of the paper protocol: ``full``, ``es``, ``mr``, ``frequency``, BET and PEP.
 
 The baselines go through the same ask/tell interface as the search methods: the method
 builds the controller (`tfembsize.controllers.ES`, `MR`, `FrequencyProportional`) for the
 cell's sparsity and seed, asks it once with the cell's `Observation`, and returns the plan.
 ``bet``, ``bet-random`` and ``bet-sizes-only`` are BET and its two ablations
-(`tfembsize.protocol.bet`).
+(`tfembsize.protocol.bet`). ``pep`` is PEP's prune-then-retrain recipe
+(`tfembsize.protocol.pep`).
 """
 
 from __future__ import annotations
@@ -92,3 +93,17 @@ def _register_bet() -> None:
 
 
 _register_bet()
+
+
+def _register_pep() -> None:
+    from tfembsize.protocol.pep import pep_method
+
+    register_method(
+        "pep",
+        pep_method,
+        description="PEP: learnable soft thresholds (one pruning run per seed captures every "
+        "sparsity's mask), lottery-ticket retraining",
+    )
+
+
+_register_pep()

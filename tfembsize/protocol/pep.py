@@ -1,0 +1,134 @@
+"""PEP in the paper protocol: one pruning run per seed, one lottery ticket per cell.
+
+Spec §6 under the protocol of §1, for every cell (``pep``, c, seed):
+
+1. **Pruning, once per seed for every sparsity.** The backbone (the protocol's builder, seeded
+   with the cell's seed) gets `PEPEmbedding` tables and is trained with `PEPAdam` (coupled L2
+   on the thresholds) by `tfembsize.controllers.pep.prune`, which captures the mask
+   ``M_c = 1[Ê != 0]`` the first time the usable count falls under each budget ``B(c)`` of the
+   run's sparsities. The run lives in `MethodContext.shared_directory` and is resumable: the
+   first cell of a seed runs (or resumes) it, the other cells read its captures. Only the
+   training loss is used here (no validation, as in the official code).
+2. **Retraining (§6.3).** The cell's ticket (tables ``E0 * M_c`` with the threshold off, the
+   other weights from the same seed) is handed to the runner as ``build_model``, so it is
+   retrained with exactly the recipe of every other method (`MethodContext.retrain`: early
+   stopping on validation, best weights restored) and evaluated on test once. The runner
+   asserts the budget on the ticket before training and on the retrained model after.
+
+**Pruning recipe.** `tfembsize.controllers.pep.PEPConfig` defaults (the official code:
+``s0 = -15``, threshold rate 1e-3, coupled L2 1e-5 on every parameter, clip norm 100,
+feature-dimension thresholds) with the protocol recipe's learning rate and batch size for the
+tables. `MethodContext.options` (`ProtocolConfig.method_options["pep"]`) may override any
+`PEPConfig` field, e.g. ``{"max_steps": 80000, "threshold_init": -10.0}``. A target missed
+within ``max_steps`` fails its cell with the count reached (no over-budget mask is used).
+
+References:
+    Liu et al., "Learnable Embedding Sizes for Recommender Systems", ICLR 2021.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from tfembsize.protocol.runner import MethodContext, MethodOutput
+
+__all__ = ["pep_config", "pep_method"]
+
+logger = logging.getLogger(__name__)
+
+
+def pep_config(options: Mapping[str, Any], train_config: Any = None) -> Any:
+    """The pruning recipe of a protocol cell.
+
+    Args:
+        options: `PEPConfig` fields to override.
+        train_config: the protocol's `TrainConfig`; its ``learning_rate`` and ``batch_size``
+            are the defaults of the pruning phase (so both phases see the same batches).
+
+    Returns:
+        A `tfembsize.controllers.pep.PEPConfig`.
+
+    Raises:
+        ValueError: an unknown option or a bad value.
+    """
+    from tfembsize.controllers.pep import PEPConfig
+
+    values: dict[str, Any] = {}
+    if train_config is not None:
+        values["learning_rate"] = float(train_config.learning_rate)
+        values["batch_size"] = int(train_config.batch_size)
+    values.update({k: v for k, v in options.items() if v is not None})
+    return PEPConfig.from_dict(values)
+
+
+def _index_overhead(capture: Any) -> dict:
+    """CSR index sizes of a capture (spec §6.4: reported apart from the usable count)."""
+    rows = sum(int(m.shape[0]) for m in capture.masks.values())
+    return {
+        "format": "csr",
+        "column_indices": int(capture.usable_params),
+        "row_pointers": rows + len(capture.masks),
+    }
+
+
+def pep_method(ctx: MethodContext) -> MethodOutput:
+    """The protocol method of PEP: the cell's lottery ticket, for the runner to retrain.
+
+    Raises:
+        ValueError: the cell has no sparsity.
+        RuntimeError: the pruning run did not reach the cell's budget within ``max_steps``.
+    """
+    from tfembsize.controllers.pep import run_pep
+
+    if ctx.sparsity is None:
+        raise ValueError("PEP needs a target sparsity; the cell has none.")
+    c = float(ctx.sparsity)
+    if c in ctx.sparsities:
+        sparsities, directory = tuple(float(s) for s in ctx.sparsities), ctx.shared_directory
+    else:  # a cell outside the run's list: a pruning run of its own
+        sparsities, directory = (c,), os.path.join(ctx.directory, "prune")
+    config = pep_config(ctx.options, ctx.train_config)
+    results = run_pep(
+        ctx.split,
+        ctx.backbone_builder,
+        sparsities,
+        seed=ctx.seed,
+        directory=directory,
+        pep=config,
+        retrain=False,
+        verbose=1 if ctx.verbose > 1 else 0,
+    )
+    result = results[c]
+    if result.status != "ok" or result.capture is None:
+        raise RuntimeError(
+            f"PEP did not reach sparsity {c:g} (budget {result.budget:,} usable parameters) "
+            f"within max_steps={config.max_steps}; see {directory}. Raise `max_steps` or the "
+            "threshold learning rate."
+        )
+    capture = result.capture
+    prune_state = os.path.join(directory, "prune_history.json")
+    info = {
+        "pruning": config.to_dict(),
+        "pruning_directory": os.path.relpath(directory, ctx.root or ctx.directory),
+        "capture_step": capture.step,
+        "capture_usable_params": capture.usable_params,
+        "capture_layer_params": dict(capture.layer_params),
+        "capture_budget": capture.limit,
+        "captured": {f"{s:g}": r.capture.step for s, r in results.items() if r.capture},
+        "missed": [s for s, r in results.items() if r.status != "ok"],
+        "index_overhead": _index_overhead(capture),
+        "selection": ctx.train_config.monitor if ctx.train_config is not None else None,
+        "rewind": config.rewind,
+        "history_file": os.path.relpath(prune_state, ctx.root or ctx.directory),
+    }
+    logger.info(
+        "PEP c=%g: ticket from step %d with %d usable parameters (budget %d).",
+        c,
+        capture.step,
+        capture.usable_params,
+        capture.limit,
+    )
+    return MethodOutput(build_model=result.build_model, info=info)
