@@ -437,31 +437,19 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(small_split, tmp_path)
 
 
 def test_a_checkpoint_of_another_recipe_is_refused(small_split, tmp_path):
+    def train(config, checkpoint_dir=tmp_path):
+        evaluator = RankingEvaluator(small_split)
+        model = _fresh_mf(small_split)
+        return train_bpr(
+            model, small_split, evaluator, config=config, checkpoint_dir=checkpoint_dir
+        )
+
     config = TrainConfig(max_steps=10, eval_every=10, batch_size=32, evaluate_test=False)
-    train_bpr(
-        _fresh_mf(small_split),
-        small_split,
-        RankingEvaluator(small_split),
-        config=config,
-        checkpoint_dir=tmp_path,
-    )
-    other = config.replace(learning_rate=0.5)
+    train(config)
     with pytest.raises(ValueError, match=r"written by another run: its config is .*Use another"):
-        train_bpr(
-            _fresh_mf(small_split),
-            small_split,
-            RankingEvaluator(small_split),
-            config=other,
-            checkpoint_dir=tmp_path,
-        )
+        train(config.replace(learning_rate=0.5))
     with pytest.raises(TypeError, match=r"`checkpoint_dir` must be a non-empty path"):
-        train_bpr(
-            _fresh_mf(small_split),
-            small_split,
-            RankingEvaluator(small_split),
-            config=config,
-            checkpoint_dir="",
-        )
+        train(config, checkpoint_dir="")
 
 
 @pytest.mark.parametrize("backbone", ["mf", "ncf"])
