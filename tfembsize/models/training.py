@@ -179,7 +179,7 @@ class TrainConfig:
         evaluate_test: evaluate on test once at the end (never used for any decision).
         seed: seed of the BPR sampler.
         verbose: 0 silent (logging only), 1 a Keras progress bar.
-        jit_compile: compile each optimiser step with XLA (about 1.6x faster for MF on CPU).
+        jit_compile: compile each optimiser step with XLA (about 1.5x faster for MF on CPU).
             Under XLA TensorFlow drops assertions, so ids are not range-checked inside the
             step (the BPR pipeline only produces valid ids).
 
@@ -501,7 +501,7 @@ def _chunk_runner(model: Any, jit_compile: bool = False) -> Any:
     backbones. Models whose code needs AutoGraph (TFRS tasks call ``len`` on tensors) set the
     class attribute ``requires_autograph = True``. With ``jit_compile`` the optimiser step
     (forward, gradient, Adam update) is one XLA cluster called from the loop (the input
-    pipeline stays outside); on CPU that is about 1.6x faster for MF (measured on ML-1M).
+    pipeline stays outside); on CPU that is about 1.5x faster for MF (`benchmarks/jit_step.py`).
     """
     autograph = bool(getattr(model, "requires_autograph", False))
 
