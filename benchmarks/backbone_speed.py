@@ -25,18 +25,9 @@ from common import alternate, median_ratio, write_results  # noqa: E402
 from tfembsize._keras import keras  # noqa: E402
 from tfembsize.data import bpr_dataset, load_dataset  # noqa: E402
 from tfembsize.metrics import RankingEvaluator  # noqa: E402
-from tfembsize.models import MF, NCF, NGCF, LightGCN, TrainConfig  # noqa: E402
+from tfembsize.models import TrainConfig  # noqa: E402
 from tfembsize.models.training import _chunk_runner, _prepare  # noqa: E402
-
-
-def build(backbone: str, split, dim: int):
-    if backbone == "mf":
-        return MF.create(split.num_users, split.num_items, dim)
-    if backbone == "lightgcn":
-        return LightGCN.create(split.train, dim)
-    if backbone == "ngcf":
-        return NGCF.create(split.train, dim)
-    return NCF.create(split.num_users, split.num_items, dim)
+from tfembsize.protocol.backbones import get_backbone  # noqa: E402
 
 
 def main() -> None:
@@ -65,7 +56,7 @@ def main() -> None:
         fns, evals = {}, {}
         for b in backbones:
             keras.utils.set_random_seed(0)
-            model = build(b, split, args.dim)
+            model = get_backbone(b)(split, args.dim, None)
             _prepare(model, config)
             runner = _chunk_runner(model)
             iterator = iter(bpr_dataset(split.train, args.batch_size, seed=0))

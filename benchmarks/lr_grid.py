@@ -28,26 +28,13 @@ from tfembsize._keras import keras  # noqa: E402
 from tfembsize.data import load_dataset  # noqa: E402
 from tfembsize.metrics import RankingEvaluator  # noqa: E402
 from tfembsize.models import (  # noqa: E402
-    MF,
-    NCF,
-    NGCF,
-    LightGCN,
     TrainConfig,
     popularity_scorer,
     train_bpr,
 )
+from tfembsize.protocol.backbones import get_backbone  # noqa: E402
 
 PAPER = "paper (0.03, x0.95/200, floor 1e-3, batch 10k)"
-
-
-def build(backbone: str, split, dim: int):
-    if backbone == "mf":
-        return MF.create(split.num_users, split.num_items, dim)
-    if backbone == "lightgcn":
-        return LightGCN.create(split.train, dim)
-    if backbone == "ngcf":
-        return NGCF.create(split.train, dim)
-    return NCF.create(split.num_users, split.num_items, dim)
 
 
 def main() -> None:
@@ -100,7 +87,7 @@ def main() -> None:
             logging.info("%s: %s already done", key, name)
             continue
         keras.utils.set_random_seed(args.seed)
-        model = build(args.backbone, split, args.dim)
+        model = get_backbone(args.backbone)(split, args.dim, None)
         t0 = time.perf_counter()
         try:
             result = train_bpr(model, split, evaluator, config=config)
