@@ -196,6 +196,11 @@ def test_pep_model_export(tmp_path, rng):
     np.testing.assert_array_equal(ids, ref_ids)
     np.testing.assert_allclose(scores, ref_scores, atol=1e-5, rtol=0)
     assert [t.kind for t in compression_report(result.path).tables] == ["sparse", "sparse"]
+    # Unstructured tables are compiled with XLA by default (small-batch CPU latency).
+    assert result.jit_compile is True and read_metadata(result.path)["jit_compile"] is True
+    plain = save_compressed(model, tmp_path / "pep-plain", jit_compile=False)
+    assert plain.jit_compile is False and read_metadata(plain.path)["jit_compile"] is False
+    np.testing.assert_array_equal(serve(tf.saved_model.load(plain.path), [0, 29], 7)[0], ref_ids)
     if is_legacy_keras():  # TFRS needs tf-keras
         import tensorflow_recommenders as tfrs
 
@@ -219,8 +224,17 @@ def test_graph_backbone_gets_a_clear_error_and_nothing_is_written(tmp_path, rng)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_prefix_tables_are_not_compiled_by_default(tmp_path, retrieval_model):
+    result = save_compressed(retrieval_model, tmp_path / "plain")
+    assert result.jit_compile is False and read_metadata(result.path)["jit_compile"] is False
+    with pytest.raises(TypeError, match="`jit_compile` must be True, False or None.*'yes'"):
+        save_compressed(retrieval_model, tmp_path / "bad", jit_compile="yes")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_jit_compiled_signatures_still_validate_ids(tmp_path, retrieval_model):
     result = save_compressed(retrieval_model, tmp_path / "jit", jit_compile=True)
+    assert result.jit_compile is True
     loaded = tf.saved_model.load(result.path)
     ids, _ = serve(loaded, [0, 29], 6)
     np.testing.assert_array_equal(ids, dense_top_k(retrieval_model, [0, 29], 6)[0])

@@ -29,6 +29,7 @@ from tfembsize.export.saved_model import (
     ExportResult,
     ExportVerificationError,
     read_metadata,
+    resolve_jit_compile,
     save_compressed,
     save_serving_model,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "is_searchable",
     "ops_without_gpu_kernel",
     "read_metadata",
+    "resolve_jit_compile",
     "retrieval_table",
     "save_compressed",
     "save_serving_model",

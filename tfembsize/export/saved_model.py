@@ -79,6 +79,7 @@ class ExportResult:
             (an embedding variable), ``"representations"`` or ``"embed_items"`` (the item
             matrix recomputed by the model in every call); empty for ``"call"``.
         tables: names of the compressed tables in the export.
+        jit_compile: whether the signature bodies are compiled with XLA.
     """
 
     path: str
@@ -86,6 +87,7 @@ class ExportResult:
     signatures: tuple[str, ...]
     item_scoring: str
     tables: tuple[str, ...]
+    jit_compile: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,7 +103,7 @@ def save_compressed(
     max_classes: int | None = None,
     positions: str = "columns",
     id_dtype: Any = tf.int64,
-    jit_compile: bool = False,
+    jit_compile: bool | None = None,
     overwrite: bool = False,
     verify: bool = True,
 ) -> ExportResult:
@@ -121,11 +123,13 @@ def save_compressed(
         positions: see `tfembsize.layers.compressed_embedding.pack_table`.
         id_dtype: dtype of the id inputs of the retrieval signatures (int64 or int32).
         jit_compile: compile the signature bodies with XLA (ids are still validated
-            outside the compiled region). Recommended for PEP (unstructured) tables served
-            at small batches on CPU: without XLA, scoring every item gathers each stored
-            value op by op and is several times slower than a dense matrix-vector product
-            at batch 1; with XLA it is not slower (``benchmarks/results/export.md``). XLA
-            compiles once per distinct batch size.
+            outside the compiled region). ``None`` (default) compiles exactly when the
+            model holds an unstructured (PEP, ``kind="sparse"``) compressed table: without
+            XLA, scoring every item gathers each stored value op by op and is several times
+            slower than a dense matrix-vector product at batch 1 on CPU; with XLA it is not
+            slower (``benchmarks/results/export.md``). Prefix (size-plan) tables are as fast
+            as dense without XLA, so they are not compiled by default. XLA compiles once per
+            distinct batch size; pass ``False`` to avoid that for highly variable batches.
         overwrite: replace an existing directory at ``path``.
         verify: reload the written SavedModel and check it reproduces the in-memory
             compressed model, and check the compressed lookups against ``model``, before
@@ -179,7 +183,7 @@ def save_serving_model(
     k: int = 10,
     input_signature: Any = None,
     id_dtype: Any = tf.int64,
-    jit_compile: bool = False,
+    jit_compile: bool | None = None,
     overwrite: bool = False,
     verify: bool = True,
 ) -> ExportResult:
@@ -212,6 +216,7 @@ def save_serving_model(
         raise ValueError(f"`id_dtype` must be int32 or int64. Received: id_dtype={id_dtype!r}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"`k` must be a positive integer. Received: k={k!r}")
+    jit_compile = resolve_jit_compile(model, jit_compile)
     kind = _resolve_kind(model, signatures)
     if kind == "retrieval":
         built = _retrieval_signatures(model, id_dtype=id_dtype, jit_compile=jit_compile)
@@ -239,6 +244,7 @@ def save_serving_model(
         signatures=tuple(built.signatures),
         item_scoring=built.item_scoring,
         tables=tuple(t["name"] for t in tables),
+        jit_compile=built.jit_compile,
     )
 
 
@@ -294,6 +300,7 @@ class _Signature:
 @dataclasses.dataclass
 class _Built:
     signatures: dict[str, _Signature]
+    jit_compile: bool = False
     item_scoring: str = ""
     num_users: int | None = None
     num_items: int | None = None
@@ -404,6 +411,33 @@ def _item_scorer(model: Any) -> tuple[Callable[[tf.Tensor, tf.Tensor], tuple], s
     return via_embed_items, "embed_items"
 
 
+def resolve_jit_compile(model: Any, jit_compile: bool | None) -> bool:
+    """The ``jit_compile`` an export of ``model`` uses (see `save_compressed`).
+
+    Args:
+        model: the (compressed) model to export.
+        jit_compile: ``True``/``False`` as given, or ``None`` for the default: ``True``
+            exactly when ``model`` holds a `CompressedEmbedding` with an unstructured
+            (``kind="sparse"``) layout.
+
+    Returns:
+        Whether the signature bodies are compiled with XLA.
+
+    Raises:
+        TypeError: ``jit_compile`` is not a bool or None.
+    """
+    if jit_compile is None:
+        return any(
+            isinstance(layer, CompressedEmbedding) and layer.kind == "sparse"
+            for layer in [model, *iter_layers(model)]
+        )
+    if not isinstance(jit_compile, (bool, np.bool_)):
+        raise TypeError(
+            f"`jit_compile` must be True, False or None. Received: jit_compile={jit_compile!r}"
+        )
+    return bool(jit_compile)
+
+
 def _maybe_jit(fn: Callable, jit_compile: bool) -> Callable:
     return tf.function(fn, jit_compile=True, autograph=False) if jit_compile else fn
 
@@ -448,7 +482,13 @@ def _retrieval_signatures(model: Any, *, id_dtype: tf.DType, jit_compile: bool) 
         ("embed_items", embed_items, [item_spec]),
     ):
         sigs[name] = _Signature(fn, fn.get_concrete_function(), {s.name: s for s in specs})
-    return _Built(sigs, item_scoring=how, num_users=num_users, num_items=num_items)
+    return _Built(
+        sigs,
+        jit_compile=jit_compile,
+        item_scoring=how,
+        num_users=num_users,
+        num_items=num_items,
+    )
 
 
 def _call_specs(model: Any, input_signature: Any) -> tuple[list[tf.TensorSpec], str]:
@@ -521,7 +561,7 @@ def _call_signatures(model: Any, input_signature: Any, *, jit_compile: bool) -> 
     sig = _Signature(
         serving_default, serving_default.get_concrete_function(), {s.name: s for s in specs}
     )
-    return _Built({"serving_default": sig})
+    return _Built({"serving_default": sig}, jit_compile=jit_compile)
 
 
 # --------------------------------------------------------------------------------------------
@@ -579,6 +619,7 @@ def _metadata(model: Any, kind: str, built: _Built, tables: list[dict], *, defau
         "model_class": type(model).__name__,
         "kind": kind,
         "item_scoring": built.item_scoring,
+        "jit_compile": built.jit_compile,
         "num_users": built.num_users,
         "num_items": built.num_items,
         "default_k": default_k,
