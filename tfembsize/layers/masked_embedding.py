@@ -8,8 +8,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfembsize._keras import is_legacy_keras, keras, register_serializable
-from tfembsize.layers.utils import check_ids_in_range, validate_dim
+from tfembsize._keras import keras, register_serializable
+from tfembsize.layers.utils import (
+    check_ids_in_range,
+    embedding_base_kwargs,
+    set_embedding_arguments,
+    validate_dim,
+)
 
 __all__ = ["MaskedEmbedding"]
 
@@ -96,26 +101,17 @@ class MaskedEmbedding(keras.layers.Layer):
                 f"`min_size` must be an integer in [1, output_dim={output_dim}]. "
                 f"Received: min_size={min_size!r}"
             )
-        input_length = kwargs.pop("input_length", None)
-        if input_length is not None:
-            if is_legacy_keras() and "input_shape" not in kwargs:
-                # As tf-keras's Embedding: `input_length` fixes the input shape.
-                kwargs["input_shape"] = (input_length,)
-            else:
-                logger.warning(
-                    "MaskedEmbedding: `input_length` is ignored (as by Keras 3's Embedding). "
-                    "Received: input_length=%r",
-                    input_length,
-                )
-        super().__init__(**kwargs)
-        self.input_dim = input_dim
-        self.output_dim = output_dim
+        super().__init__(**embedding_base_kwargs(type(self).__name__, kwargs))
+        set_embedding_arguments(
+            self,
+            input_dim,
+            output_dim,
+            embeddings_initializer,
+            embeddings_regularizer,
+            embeddings_constraint,
+            mask_zero,
+        )
         self.min_size = int(min_size)
-        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
-        self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
-        self.embeddings_constraint = keras.constraints.get(embeddings_constraint)
-        self.mask_zero = bool(mask_zero)
-        self.supports_masking = self.mask_zero
 
     # Weights ---------------------------------------------------------------------------------
     def build(self, input_shape: Any = None) -> None:

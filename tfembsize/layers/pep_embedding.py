@@ -18,8 +18,14 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfembsize._keras import is_legacy_keras, keras, register_serializable
-from tfembsize.layers.utils import check_ids_in_range, iter_layers, validate_dim
+from tfembsize._keras import keras, register_serializable
+from tfembsize.layers.utils import (
+    check_ids_in_range,
+    embedding_base_kwargs,
+    iter_layers,
+    set_embedding_arguments,
+    validate_dim,
+)
 
 __all__ = [
     "PEPEmbedding",
@@ -235,28 +241,19 @@ class PEPEmbedding(keras.layers.Layer):
                 f"`threshold_fn` must be one of {THRESHOLD_FNS}. Received: "
                 f"threshold_fn={threshold_fn!r}"
             )
-        input_length = kwargs.pop("input_length", None)
-        if input_length is not None:
-            if is_legacy_keras() and "input_shape" not in kwargs:
-                # As tf-keras's Embedding: `input_length` fixes the input shape.
-                kwargs["input_shape"] = (input_length,)
-            else:
-                logger.warning(
-                    "PEPEmbedding: `input_length` is ignored (as by Keras 3's Embedding). "
-                    "Received: input_length=%r",
-                    input_length,
-                )
-        super().__init__(**kwargs)
-        self.input_dim = input_dim
-        self.output_dim = output_dim
+        super().__init__(**embedding_base_kwargs(type(self).__name__, kwargs))
+        set_embedding_arguments(
+            self,
+            input_dim,
+            output_dim,
+            embeddings_initializer,
+            embeddings_regularizer,
+            embeddings_constraint,
+            mask_zero,
+        )
         self.granularity = _GRANULARITY_ALIASES[granularity]
         self.threshold_init = float(threshold_init)
         self.threshold_fn = threshold_fn
-        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
-        self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
-        self.embeddings_constraint = keras.constraints.get(embeddings_constraint)
-        self.mask_zero = bool(mask_zero)
-        self.supports_masking = self.mask_zero
         self._g = _THRESHOLD_FN[threshold_fn]
         self._soft_threshold = _SOFT_THRESHOLD[threshold_fn]
 

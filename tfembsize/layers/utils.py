@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from tfembsize._keras import is_legacy_keras, keras
+
+logger = logging.getLogger(__name__)
+
 __all__ = [
+    "embedding_base_kwargs",
+    "set_embedding_arguments",
     "find_searchable_layers",
     "check_ids_in_range",
     "ids_out_of_range_message",
@@ -24,6 +31,46 @@ def validate_dim(name: str, value: Any) -> int:
             f"(of type {type(value).__name__})."
         )
     return int(value)
+
+
+def embedding_base_kwargs(layer_class: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Base ``Layer`` kwargs of an Embedding-like layer, with ``input_length`` handled.
+
+    As tf-keras's ``Embedding``, ``input_length`` fixes the input shape under tf-keras; Keras 3
+    ignores it (a warning naming ``layer_class`` says so).
+    """
+    kwargs = dict(kwargs)
+    input_length = kwargs.pop("input_length", None)
+    if input_length is not None:
+        if is_legacy_keras() and "input_shape" not in kwargs:
+            kwargs["input_shape"] = (input_length,)
+        else:
+            logger.warning(
+                "%s: `input_length` is ignored (as by Keras 3's Embedding). "
+                "Received: input_length=%r",
+                layer_class,
+                input_length,
+            )
+    return kwargs
+
+
+def set_embedding_arguments(
+    layer: Any,
+    input_dim: int,
+    output_dim: int,
+    embeddings_initializer: Any,
+    embeddings_regularizer: Any,
+    embeddings_constraint: Any,
+    mask_zero: bool,
+) -> None:
+    """Sets the ``Embedding`` attributes every searchable layer shares (Keras's names)."""
+    layer.input_dim = input_dim
+    layer.output_dim = output_dim
+    layer.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+    layer.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
+    layer.embeddings_constraint = keras.constraints.get(embeddings_constraint)
+    layer.mask_zero = bool(mask_zero)
+    layer.supports_masking = layer.mask_zero
 
 
 def ids_out_of_range_message(layer_name: str, input_dim: int, bad_id: Any = None) -> str:
