@@ -18,6 +18,7 @@ from tfembsize._keras import is_legacy_keras, keras
 from tfembsize.export import (
     CompressionError,
     ExportVerificationError,
+    check_gpu_ready,
     compression_report,
     read_metadata,
     save_compressed,
@@ -198,6 +199,7 @@ def test_pep_model_export(tmp_path, rng):
     assert [t.kind for t in compression_report(result.path).tables] == ["sparse", "sparse"]
     # Unstructured tables are compiled with XLA by default (small-batch CPU latency).
     assert result.jit_compile is True and read_metadata(result.path)["jit_compile"] is True
+    assert check_gpu_ready(result.path).ok  # XLA-compiled bodies have GPU kernels too
     plain = save_compressed(model, tmp_path / "pep-plain", jit_compile=False)
     assert plain.jit_compile is False and read_metadata(plain.path)["jit_compile"] is False
     np.testing.assert_array_equal(serve(tf.saved_model.load(plain.path), [0, 29], 7)[0], ref_ids)
