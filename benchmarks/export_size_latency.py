@@ -157,6 +157,43 @@ def pep_position_bounds(c: float, fu: np.ndarray, fi: np.ndarray) -> dict:
     }
 
 
+def trained_pep_masks(work: Path, workdir: Path) -> dict:
+    """Bytes of exports of *trained* PEP masks (a paper-protocol ``pep`` work directory).
+
+    ``work`` holds ``initial_tables.npz`` and ``masks_<c>.npz`` (user/item masks captured by
+    `tfembsize.protocol.pep`). For each c the lottery ticket (initial values x mask) is put
+    in `PEPEmbedding` layers, exported with `save_compressed`, and measured like the synthetic
+    masks, beside the same lower bounds.
+    """
+    tables = np.load(work / "initial_tables.npz")
+    out = {}
+    for path in sorted(work.glob("masks_*.npz")):
+        c = path.stem.split("_", 1)[1].replace("p", ".")
+        masks = np.load(path)
+        keras.backend.clear_session()
+        user = PEPEmbedding(*masks["user_embedding"].shape, name="user_embedding")
+        item = PEPEmbedding(*masks["item_embedding"].shape, name="item_embedding")
+        model = MF(user, item)
+        user.freeze_mask(masks["user_embedding"], rewind_values=tables["user_embedding"])
+        item.freeze_mask(masks["item_embedding"], rewind_values=tables["item_embedding"])
+        target = workdir / f"trained-pep-{c}"
+        save_compressed(model, target, k=K, overwrite=True)
+        ms = [masks["user_embedding"], masks["item_embedding"]]
+        nnz = sum(int(m.sum()) for m in ms)
+        subset = sum(log2_binomial(m.size, int(m.sum())) for m in ms)
+        column = sum(float(m.shape[0] * binary_entropy(m.mean(axis=0)).sum()) for m in ms)
+        out[c] = {
+            "rows": [int(m.shape[0]) for m in ms],
+            "usable_params": nnz,
+            "bytes_ratio": dir_bytes(target) / (4 * nnz),
+            "subset": 1.0 + subset / 8 / (4 * nnz),
+            "column_entropy": 1.0 + column / 8 / (4 * nnz),
+            "empty_rows": int(sum(int((m.sum(axis=1) == 0).sum()) for m in ms)),
+        }
+        shutil.rmtree(target, ignore_errors=True)
+    return out
+
+
 def pep_model(c: float, fu: np.ndarray, fi: np.ndarray) -> MF:
     """MF with PEP layers in retraining mode holding unstructured masks at sparsity c."""
     (tu, ti), (mu, mi) = pep_masks(c, fu, fi)
@@ -344,6 +381,13 @@ def main() -> None:
     parser.add_argument(
         "--keep-partial", action="store_true", help="keep results/export.partial.json at the end"
     )
+    parser.add_argument(
+        "--trained-pep",
+        type=Path,
+        default=RESULTS / "paper_protocol/ml-1m_mf_pep/work/pep__shared__seed0",
+        help="paper-protocol pep work directory whose captured masks are also measured "
+        "(skipped when missing)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.repeats_b1, args.repeats_big, args.big_batch = 10, 3, 256
@@ -440,6 +484,20 @@ def main() -> None:
         if not args.quick:
             save_partial(done)
     payload["pep_b1_cpu_ms"] = done["analysis:pep_b1_cpu_ms@0.9"]
+    if "analysis:trained_pep" not in done and (args.trained_pep / "initial_tables.npz").is_file():
+        trained_dir = Path(tempfile.mkdtemp(prefix="export_trained_pep_"))
+        try:
+            done["analysis:trained_pep"] = {
+                "source": str(args.trained_pep.relative_to(RESULTS.parents[1]))
+                if args.trained_pep.is_relative_to(RESULTS.parents[1])
+                else str(args.trained_pep),
+                "by_sparsity": trained_pep_masks(args.trained_pep, trained_dir),
+            }
+        finally:
+            shutil.rmtree(trained_dir, ignore_errors=True)
+        if not args.quick:
+            save_partial(done)
+    payload["trained_pep_masks"] = done.get("analysis:trained_pep")
     payload["pep_masks"] = (
         "synthetic: not trained PEP thresholds. Gaussian tables scaled by sqrt(row frequency) "
         "x exp(-column / 48); the globally largest |entries| within the budget are kept."
@@ -507,6 +565,23 @@ def markdown(p: dict) -> str:
     ]
     for c, b in p["pep_bytes_ratio_lower_bound"].items():
         lines.append(f"| {c} | {b['subset']:.3f} | {b['column_entropy']:.3f} |")
+    trained = p.get("trained_pep_masks")
+    if trained:
+        lines += [
+            "",
+            "The same for **trained PEP masks**: the masks `tfembsize.protocol.pep` captured on "
+            f"ML-1M with MF (`{trained['source']}`, rows {{users, items}} = "
+            f"{next(iter(trained['by_sparsity'].values()))['rows']}), exported with the "
+            "default layout:",
+            "",
+            "| c | usable params | bytes ratio (export) | subset bound | column-entropy bound |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for c, r in trained["by_sparsity"].items():
+            lines.append(
+                f"| {c} | {r['usable_params']} | {r['bytes_ratio']:.3f} | {r['subset']:.3f} | "
+                f"{r['column_entropy']:.3f} |"
+            )
     cpu = p["pep_b1_cpu_ms"]
     lines += [
         "",
