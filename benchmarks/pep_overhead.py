@@ -14,7 +14,9 @@ ceil(|train| / 2048) steps, with every arm alternated A B C ... in one process:
   PEP's extra state and lookup maths with the optimiser kernel held fixed;
 * ``pep_recipe``: the full §6.2 pruning recipe (coupled L2 1e-5 on the tables too, global
   clip norm 100, and the non-zero count after every step that the mask capture reads);
-* ``pep_feature`` / ``pep_global``: coarser thresholds (one per row / one per table).
+* ``pep_feature`` / ``pep_global``: coarser thresholds (one per row / one per table);
+* ``plain_xla`` / ``pep_xla``: ``plain`` and ``pep`` with the step compiled by XLA
+  (``TrainConfig(jit_compile=True)``); ``xla_epoch_ratio`` = pep_xla / plain_xla.
 
 ``epoch_ratio`` = pep / plain; ``same_optimizer_ratio`` = pep / plain_pepadam; every ratio is
 the median over rounds of paired per-round ratios, from wall time and, less sensitive to other
@@ -93,6 +95,8 @@ def load_batches(num_steps: int | None, seed: int) -> tuple[dict, list]:
 
 
 def make_arm(kind: str, info: dict, seed: int = 0):  # noqa: ANN201
+    jit = kind.endswith("_xla")
+    kind = kind.removesuffix("_xla")
     nu, ni = info["num_users"], info["num_items"]
     init_u = keras.initializers.RandomNormal(stddev=0.01, seed=seed)
     init_i = keras.initializers.RandomNormal(stddev=0.01, seed=seed + 1)
@@ -117,7 +121,7 @@ def make_arm(kind: str, info: dict, seed: int = 0):  # noqa: ANN201
         opt = PEPAdam(1e-3, threshold_lr=1e-3, threshold_l2=1e-5, l2=0.0)
     variables = users.trainable_weights + items.trainable_weights
 
-    @tf.function
+    @tf.function(jit_compile=jit)
     def step(u: tf.Tensor, i: tf.Tensor, j: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             eu, ei, ej = users(u), items(i), items(j)
@@ -172,11 +176,23 @@ def measure(rounds: int, num_steps: int | None, arms: list[str]) -> dict:
     }
     if "plain_pepadam" in arms:
         out["same_optimizer_cpu_ratio"] = median_ratio(cpu, "pep", "plain_pepadam")
+    if "pep_xla" in arms and "plain_xla" in arms:
+        # Both training steps compiled with XLA (TrainConfig(jit_compile=True)).
+        out["xla_epoch_ratio"] = median_ratio(times, "pep_xla", "plain_xla")
+        out["xla_epoch_cpu_ratio"] = median_ratio(cpu, "pep_xla", "plain_xla")
     return out
 
 
 def markdown(result: dict) -> str:
-    arms = ("pep", "plain_pepadam", "pep_recipe", "pep_feature", "pep_global")
+    arms = (
+        "pep",
+        "plain_pepadam",
+        "pep_recipe",
+        "pep_feature",
+        "pep_global",
+        "plain_xla",
+        "pep_xla",
+    )
     lines = [
         "# PEPEmbedding overhead vs Embedding (one BPR-MF epoch)",
         "",
@@ -186,10 +202,14 @@ def markdown(result: dict) -> str:
         "Embedding + Keras Adam), wall time (process CPU time). PEP paper: about 1.24; goal "
         "<= 1.15. `pep` = PEPEmbedding (per-entry thresholds) + PEPAdam; `plain_pepadam` = "
         "Embedding + the same PEPAdam kernel; pep / plain_pepadam is PEP's cost with the "
-        "optimiser kernel held fixed.",
+        "optimiser kernel held fixed. `plain_xla` / `pep_xla`: the same steps compiled with "
+        "XLA (`tf.function(jit_compile=True)`, what `TrainConfig(jit_compile=True)` does); "
+        "pep_xla / plain_xla is PEP's cost when both are compiled.",
         "",
-        "| Keras | " + " | ".join(arms) + " | pep / plain_pepadam | epoch s plain / pep |",
-        "| --- | " + " | ".join("---" for _ in arms) + " | --- | --- |",
+        "| Keras | "
+        + " | ".join(arms)
+        + " | pep / plain_pepadam | pep_xla / plain_xla | epoch s plain / pep |",
+        "| --- | " + " | ".join("---" for _ in arms) + " | --- | --- | --- |",
     ]
     for r in [result, result.get("legacy")]:
         if not r:
@@ -198,7 +218,11 @@ def markdown(result: dict) -> str:
         cells = " | ".join(f"{rr[k]:.3f} ({cr[k]:.3f})" if k in rr else "-" for k in arms)
         same = r.get("same_optimizer_ratio")
         same = f"{same:.3f} ({r['same_optimizer_cpu_ratio']:.3f})" if same else "-"
-        lines.append(f"| {r['keras']} | {cells} | {same} | {s['plain']:.1f} / {s['pep']:.1f} |")
+        xla = r.get("xla_epoch_ratio")
+        xla = f"{xla:.3f} ({r['xla_epoch_cpu_ratio']:.3f})" if xla else "-"
+        lines.append(
+            f"| {r['keras']} | {cells} | {same} | {xla} | {s['plain']:.1f} / {s['pep']:.1f} |"
+        )
     return "\n".join(lines)
 
 
