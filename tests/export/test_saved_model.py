@@ -200,6 +200,8 @@ def test_pep_model_export(tmp_path, rng):
     # Unstructured tables are compiled with XLA by default (small-batch CPU latency).
     assert result.jit_compile is True and read_metadata(result.path)["jit_compile"] is True
     assert check_gpu_ready(result.path).ok  # XLA-compiled bodies have GPU kernels too
+    got = serve_elsewhere(result.path, [0, 29], tmp_path)  # XLA bodies load without tfembsize
+    np.testing.assert_array_equal(got["item_ids"], ref_ids[:, :4])
     plain = save_compressed(model, tmp_path / "pep-plain", jit_compile=False)
     assert plain.jit_compile is False and read_metadata(plain.path)["jit_compile"] is False
     np.testing.assert_array_equal(serve(tf.saved_model.load(plain.path), [0, 29], 7)[0], ref_ids)
@@ -371,8 +373,9 @@ _LOADER = textwrap.dedent(
     import tensorflow as tf
 
     loaded = tf.saved_model.load(sys.argv[1])
+    users = json.loads(sys.argv[2])
     out = loaded.signatures["serving_default"](
-        user_ids=tf.constant([0, 7, 39], tf.int64), k=tf.constant(4))
+        user_ids=tf.constant(users, tf.int64), k=tf.constant(4))
     assert not any(m.startswith("tfembsize") for m in sys.modules)
     print(json.dumps({"item_ids": out["item_ids"].numpy().tolist(),
                       "scores": out["scores"].numpy().tolist()}))
@@ -380,21 +383,26 @@ _LOADER = textwrap.dedent(
 )
 
 
-def test_loads_in_a_process_without_tfembsize(exported, tmp_path):
-    model, result, _ = exported
+def serve_elsewhere(path: str, users: list[int], cwd: Path) -> dict:
+    """Top-4 of ``users`` from a fresh interpreter in which tfembsize cannot be imported."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ""}
     env.pop("TF_USE_LEGACY_KERAS", None)
     proc = subprocess.run(
-        [sys.executable, "-c", _LOADER, result.path],
+        [sys.executable, "-c", _LOADER, path, json.dumps(users)],
         capture_output=True,
         text=True,
-        cwd=tmp_path,
+        cwd=cwd,
         env=env,
         timeout=300,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_loads_in_a_process_without_tfembsize(exported, tmp_path):
+    model, result, _ = exported
+    got = serve_elsewhere(result.path, [0, 7, 39], tmp_path)
     ref_ids, ref_scores = dense_top_k(model, [0, 7, 39], 4)
     np.testing.assert_array_equal(got["item_ids"], ref_ids)
     np.testing.assert_allclose(got["scores"], ref_scores, atol=1e-5)
