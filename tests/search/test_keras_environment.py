@@ -185,3 +185,53 @@ def test_infer_tables_of_ncf():
         "item_embedding": "item",
         "item_embedding_mlp": "item",
     }
+
+
+class _KilledError(RuntimeError):
+    pass
+
+
+class KilledOnce:
+    """train_bpr with checkpoints whose first call dies at its second validation."""
+
+    def __init__(self):
+        self.checkpoint_dirs = []
+        self.validations = 0
+
+    def __call__(self, model, split, evaluator, *, config, checkpoint_dir=None):
+        self.checkpoint_dirs.append(checkpoint_dir)
+        first = len(self.checkpoint_dirs) == 1
+        outer = self
+
+        class Dying:
+            def __getattr__(self, name):
+                return getattr(evaluator, name)
+
+            def evaluate(self, *args, **kwargs):
+                if kwargs.get("phase", "validation") == "validation":
+                    outer.validations += 1
+                    if first and outer.validations == 2:
+                        raise _KilledError("killed during the pretraining")
+                return evaluator.evaluate(*args, **kwargs)
+
+        return train_bpr(model, split, Dying(), config=config, checkpoint_dir=checkpoint_dir)
+
+
+def test_killed_reference_pretraining_resumes_from_its_checkpoint(split, evaluator, tmp_path):
+    expected = _env(split, evaluator, seed=5).reference()  # uninterrupted, no directory
+
+    fn = KilledOnce()
+    with pytest.raises(_KilledError):
+        _env(split, evaluator, seed=5, train_fn=fn, reference_directory=tmp_path).reference()
+    checkpoint = tmp_path / "pretraining"
+    assert fn.checkpoint_dirs == [str(checkpoint)]
+    assert (checkpoint / "LATEST").read_text().startswith("step-000000020")
+
+    env = _env(split, evaluator, seed=5, train_fn=fn, reference_directory=tmp_path)
+    got = env.reference()
+    assert fn.validations == 3  # the resumed run evaluated only its second chunk (step 40)
+    assert got.train_steps == expected.train_steps == 40
+    assert got.quality == pytest.approx(expected.quality, abs=1e-9)
+    assert got.wall_time > 0
+    assert not checkpoint.exists()  # replaced by the stored reference
+    assert (tmp_path / "reference.npz").exists()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -42,6 +41,7 @@ from tfembsize.budget import Budget
 from tfembsize.plan import SizePlan
 from tfembsize.protocol.paper import PAPER_METHOD_LABELS, PAPER_SOURCES, paper_cell
 from tfembsize.protocol.registry import Method, get_method
+from tfembsize.search._training import accepts_keyword
 from tfembsize.search.environment import feedback_from_ranking, infer_tables, model_scorer
 from tfembsize.search.records import Feedback, Observation
 
@@ -280,7 +280,7 @@ class MethodContext:
             self.budget.check_total(used, rows, what="model to retrain")
         config = resolve_config(self.train_config, model, self.split, seed=seed)
         extra = {}
-        if self.directory and _accepts_keyword(self.train_fn, "checkpoint_dir"):
+        if self.directory and accepts_keyword(self.train_fn, "checkpoint_dir"):
             # A killed retraining resumes after its last validation chunk (`TrainCheckpoint`);
             # the key names this exact start (initial weights, sizes, recipe).
             key = _training_key(model, plan, config)
@@ -789,15 +789,6 @@ def _jsonable(o: Any) -> Any:
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
-
-
-def _accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
-    """True if ``fn`` takes a keyword argument ``name`` (or ``**kwargs``)."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _training_key(model: Any, plan: SizePlan | None, config: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -102,4 +103,15 @@ def run_training(
         "loss": None if loss is None or not math.isfinite(float(loss)) else float(loss),
         "validation": result.validation,
         "message": "" if finite else "the weights or the final loss are not finite",
+        # Over all resumed segments when train_fn resumed from a checkpoint (train_bpr).
+        "wall_time": getattr(result, "wall_time", None),
     }
+
+
+def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
+    """True if ``fn`` takes a keyword argument ``name`` (or ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)

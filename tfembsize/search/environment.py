@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -320,6 +321,9 @@ class KerasEnvironment:
         reference_directory: where the pretrained reference (weights and feedback) is read
             from and written to, besides the directory the search loop attaches; share it
             between searches on the same data, backbone and seed to pretrain only once.
+            When a directory is known and ``train_fn`` takes ``checkpoint_dir`` (as
+            `train_bpr` does), the pretraining checkpoints in ``<directory>/pretraining``
+            after every validation chunk and a killed process resumes it there.
 
     Example:
         >>> env = KerasEnvironment(lambda: MF(...), split, RankingEvaluator(split),
@@ -493,17 +497,22 @@ class KerasEnvironment:
         self._seed_everything(self.seed - 1)
         self._fresh_model()
         self.full_plan().apply(self._model)
-        train = self._train(self.reference_config, seed=self.seed)
+        # With a reference directory the pretraining is checkpointed after every validation
+        # chunk, so a killed process resumes it instead of starting over (hours on Gowalla).
+        checkpoint = self._pretraining_checkpoint()
+        extra = {} if checkpoint is None else {"checkpoint_dir": checkpoint}
+        train = self._train(self.reference_config, seed=self.seed, **extra)
         if not train["finite"]:
             raise FloatingPointError(
                 f"Pretraining the full-size reference model diverged ({train['message']}); "
                 "lower the learning rate of `reference_config`."
             )
         result = train["validation"]
+        wall = train.get("wall_time")
         self._reference = feedback_from_ranking(
             result,
             usable_params=_usable_params(self._model),
-            wall_time=time.perf_counter() - t0,
+            wall_time=float(wall) if wall is not None else time.perf_counter() - t0,
             train_steps=train["steps"],
             best_step=train["best_step"],
             loss=train["loss"],
@@ -513,6 +522,8 @@ class KerasEnvironment:
             self._snapshot = self._reference_weights
         for directory in self._reference_directories():
             self._save_reference(directory)
+        if checkpoint is not None:
+            shutil.rmtree(checkpoint, ignore_errors=True)  # the reference files replace it
         logger.info("Reference model: validation quality %.5f.", self._reference.quality)
         return self._reference
 
@@ -609,6 +620,15 @@ class KerasEnvironment:
             result, reference=self._reference, usable_params=_usable_params(self._model)
         )
 
+    def _pretraining_checkpoint(self) -> str | None:
+        """Where the reference pretraining checkpoints (None: no directory or no support)."""
+        from tfembsize.search._training import accepts_keyword
+
+        directories = self._reference_directories()
+        if not directories or not accepts_keyword(self.train_fn, "checkpoint_dir"):
+            return None
+        return os.path.join(directories[0], "pretraining")
+
     def _train(
         self,
         config: Any,
@@ -616,6 +636,7 @@ class KerasEnvironment:
         train_steps: int | None = None,
         train_epochs: float | None = None,
         seed: int | None = None,
+        **kwargs: Any,
     ) -> dict:
         from tfembsize.search._training import resolve_config, run_training
 
@@ -627,7 +648,9 @@ class KerasEnvironment:
             train_epochs=train_epochs,
             seed=seed,
         )
-        train = run_training(self.train_fn, self._model, self.split, self.evaluator, config)
+        train = run_training(
+            self.train_fn, self._model, self.split, self.evaluator, config, **kwargs
+        )
         if train["finite"] and (train["validation"] is None or not config.restore_best):
             # the weights kept are the last ones: score them
             train["validation"] = self.evaluator.evaluate(
