@@ -223,7 +223,7 @@ def save_serving_model(
     else:
         built = _call_signatures(model, input_signature, jit_compile=jit_compile)
     root, tables = _export_root(model, built)
-    metadata = _metadata(model, kind, built, tables, default_k=int(k))
+    metadata = _metadata(model, kind, built, tables, default_k=int(k), jit_compile=jit_compile)
 
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
     try:
@@ -244,7 +244,7 @@ def save_serving_model(
         signatures=tuple(built.signatures),
         item_scoring=built.item_scoring,
         tables=tuple(t["name"] for t in tables),
-        jit_compile=built.jit_compile,
+        jit_compile=jit_compile,
     )
 
 
@@ -300,7 +300,6 @@ class _Signature:
 @dataclasses.dataclass
 class _Built:
     signatures: dict[str, _Signature]
-    jit_compile: bool = False
     item_scoring: str = ""
     num_users: int | None = None
     num_items: int | None = None
@@ -482,13 +481,7 @@ def _retrieval_signatures(model: Any, *, id_dtype: tf.DType, jit_compile: bool) 
         ("embed_items", embed_items, [item_spec]),
     ):
         sigs[name] = _Signature(fn, fn.get_concrete_function(), {s.name: s for s in specs})
-    return _Built(
-        sigs,
-        jit_compile=jit_compile,
-        item_scoring=how,
-        num_users=num_users,
-        num_items=num_items,
-    )
+    return _Built(sigs, item_scoring=how, num_users=num_users, num_items=num_items)
 
 
 def _call_specs(model: Any, input_signature: Any) -> tuple[list[tf.TensorSpec], str]:
@@ -561,7 +554,7 @@ def _call_signatures(model: Any, input_signature: Any, *, jit_compile: bool) -> 
     sig = _Signature(
         serving_default, serving_default.get_concrete_function(), {s.name: s for s in specs}
     )
-    return _Built({"serving_default": sig}, jit_compile=jit_compile)
+    return _Built({"serving_default": sig})
 
 
 # --------------------------------------------------------------------------------------------
@@ -607,7 +600,15 @@ def _plain_config(layer: CompressedEmbedding) -> dict:
     return config
 
 
-def _metadata(model: Any, kind: str, built: _Built, tables: list[dict], *, default_k: int) -> dict:
+def _metadata(
+    model: Any,
+    kind: str,
+    built: _Built,
+    tables: list[dict],
+    *,
+    default_k: int,
+    jit_compile: bool,
+) -> dict:
     from tfembsize import __version__
 
     return {
@@ -619,7 +620,7 @@ def _metadata(model: Any, kind: str, built: _Built, tables: list[dict], *, defau
         "model_class": type(model).__name__,
         "kind": kind,
         "item_scoring": built.item_scoring,
-        "jit_compile": built.jit_compile,
+        "jit_compile": jit_compile,
         "num_users": built.num_users,
         "num_items": built.num_items,
         "default_k": default_k,
