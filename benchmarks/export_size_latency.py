@@ -138,15 +138,14 @@ def binary_entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log2(p) + q * np.log2(q))
 
 
-def pep_position_bounds(c: float, fu: np.ndarray, fi: np.ndarray) -> dict:
-    """Lower bounds on bytes / (4 x usable params) for any position index of the PEP masks.
+def position_bounds(masks: list[np.ndarray]) -> dict:
+    """Lower bounds on bytes / (4 x usable params) for any position index of ``masks``.
 
     ``subset``: log2 C(rows x d, nnz) bits per table, what an index that works for every mask
     with this many non-zeros needs (worst case); ``column_entropy``: sum over columns of
     rows x H(fraction kept in that column), what a coder knowing each column's density needs
     on average. Both ignore the row map and assume the values are stored as exact float32.
     """
-    _, masks = pep_masks(c, fu, fi)
     nnz = sum(int(m.sum()) for m in masks)
     subset = sum(log2_binomial(m.size, int(m.sum())) for m in masks)
     column = sum(float(m.shape[0] * binary_entropy(m.mean(axis=0)).sum()) for m in masks)
@@ -155,6 +154,11 @@ def pep_position_bounds(c: float, fu: np.ndarray, fi: np.ndarray) -> dict:
         "subset": 1.0 + subset / 8 / (4 * nnz),
         "column_entropy": 1.0 + column / 8 / (4 * nnz),
     }
+
+
+def pep_position_bounds(c: float, fu: np.ndarray, fi: np.ndarray) -> dict:
+    """`position_bounds` of the synthetic PEP masks at sparsity c."""
+    return position_bounds(list(pep_masks(c, fu, fi)[1]))
 
 
 def trained_pep_masks(work: Path, workdir: Path) -> dict:
@@ -179,15 +183,11 @@ def trained_pep_masks(work: Path, workdir: Path) -> dict:
         target = workdir / f"trained-pep-{c}"
         save_compressed(model, target, k=K, overwrite=True)
         ms = [masks["user_embedding"], masks["item_embedding"]]
-        nnz = sum(int(m.sum()) for m in ms)
-        subset = sum(log2_binomial(m.size, int(m.sum())) for m in ms)
-        column = sum(float(m.shape[0] * binary_entropy(m.mean(axis=0)).sum()) for m in ms)
+        bounds = position_bounds(ms)
         out[c] = {
             "rows": [int(m.shape[0]) for m in ms],
-            "usable_params": nnz,
-            "bytes_ratio": dir_bytes(target) / (4 * nnz),
-            "subset": 1.0 + subset / 8 / (4 * nnz),
-            "column_entropy": 1.0 + column / 8 / (4 * nnz),
+            **bounds,
+            "bytes_ratio": dir_bytes(target) / (4 * bounds["usable_params"]),
             "empty_rows": int(sum(int((m.sum(axis=1) == 0).sum()) for m in ms)),
         }
         shutil.rmtree(target, ignore_errors=True)
