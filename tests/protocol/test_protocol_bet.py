@@ -247,6 +247,9 @@ def test_command_line_and_bet_report(tmp_path, monkeypatch):
     ratio = cells["bet"]["test"]["recall@20"] / cells["es"]["test"]["recall@20"]
     assert report["ratio_vs_es"]["0.8"] == pytest.approx(ratio)
     assert report["paper_ratio_vs_es"]["0.8"] == pytest.approx(0.1753 / 0.1674)
+    assert report["paper_ratio_vs_es_by_backbone"]["0.8"] == pytest.approx(
+        {"lightgcn": 0.1753 / 0.1674, "ngcf": 0.1454 / 0.1466, "ncf": 0.1294 / 0.1235}
+    )
     assert report["search_vs_full_train_ratio"]["0.8"] == pytest.approx(
         cells["bet"]["info"]["search_vs_full_train_ratio"]
     )
@@ -259,4 +262,5 @@ def test_command_line_and_bet_report(tmp_path, monkeypatch):
     assert "T = 2, m = 3, h = 0.5, top K = 1" in md and "| 80% |" in md
     assert report["note"] == "T reduced for CI." and "Note: T reduced for CI." in md
     assert f"| {ratio:.3f} | 1.047 |" in md
+    assert "| 1.047 / 0.992 / 1.048 |" in md
     assert np.isfinite(report["rows"][0]["search_time"])
