@@ -191,6 +191,13 @@ def test_endless_dataset(train):
     assert len(list(ds.take(3).as_numpy_iterator())) == 3
 
 
+def test_dataset_runs_without_tf_data_autotuning(train):
+    """No autotuner thread: it stalled iterator teardown ~30 s and coincided with RSS blow-ups."""
+    options = bpr_dataset(train, 16, seed=0).options()
+    assert options.autotune.enabled is False
+    assert options.experimental_optimization.inject_prefetch is False
+
+
 def test_dataset_iterator_checkpoint(train, tmp_path):
     ds = bpr_dataset(train, 20, seed=2, num_steps=10)
     it = iter(ds)

@@ -287,11 +287,19 @@ def bpr_dataset(
         steps = tf.data.Dataset.counter(start, dtype=tf.int64)
     else:
         steps = tf.data.Dataset.range(start, start + num_steps)
-    # Fixed, small buffers rather than AUTOTUNE: the stream is endless and a batch costs about
-    # a millisecond to draw, so two parallel draws and a few prefetched batches keep any
-    # training step fed, and memory stays bounded. With AUTOTUNE, the tuner grows buffers
-    # when the consumer waits (as in a process starved of CPU by other jobs); a BET search on
-    # ML-1M grew to 24 GB inside its training loop on this shared machine.
-    return steps.map(to_batch, num_parallel_calls=_PARALLEL_DRAWS, deterministic=True).prefetch(
+    # Fixed, small buffers and no tf.data autotuning: the stream is endless and a batch costs
+    # about a millisecond to draw, so two parallel draws and a few prefetched batches keep any
+    # training step fed. With autotuning on (even with fixed buffers, tf.data runs a model
+    # thread for every iterator), two things went wrong in long searches on this 2-core
+    # machine: (1) destroying an iterator after a long training run waited for the model
+    # thread's optimisation period, about 30 s per `train_bpr` call (a third of a BET
+    # fine-tuning step on ML-1M); (2) processes starved of CPU grew to 17-24 GB inside the
+    # training loop (first with AUTOTUNE buffers, then intermittently with fixed ones, always
+    # with the autotuner's thread running). Neither happens with autotuning off.
+    ds = steps.map(to_batch, num_parallel_calls=_PARALLEL_DRAWS, deterministic=True).prefetch(
         _PREFETCH_BATCHES
     )
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.experimental_optimization.inject_prefetch = False
+    return ds.with_options(options)
