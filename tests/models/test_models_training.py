@@ -482,3 +482,37 @@ def test_jit_compile_is_refused_for_graph_backbones(small_split):
     config = TrainConfig(max_steps=10, eval_every=10, batch_size=16, jit_compile=True)
     with pytest.raises(ValueError, match=r"`jit_compile=True` is not supported for LightGCN"):
         train_bpr(model, small_split, RankingEvaluator(small_split), config=config)
+
+
+def test_jit_runs_on_one_model_reuse_the_compiled_loop_with_a_fresh_optimiser_state(
+    small_split,
+):
+    # Each XLA compilation stays in TensorFlow's cache for the life of the process, so a search
+    # fine-tuning one model many times must not compile a new loop per call; the reused Adam
+    # must start from the state of a new one (zero moments, zero step count).
+    keras.utils.set_random_seed(5)
+    model = MF.create(small_split.num_users, small_split.num_items, 8)
+    w0 = model.get_weights()
+    evaluator = RankingEvaluator(small_split)
+    config = TrainConfig(
+        max_steps=20, eval_every=10, batch_size=32, evaluate_test=False, jit_compile=True
+    )
+    first = train_bpr(model, small_split, evaluator, config=config)
+    w_first, opt_first = model.get_weights(), model.optimizer
+    cache = model._tfembsize_step_cache
+    ((_, runner, _),) = cache.values()
+    assert runner.experimental_get_tracing_count() == 1
+
+    model.set_weights(w0)
+    second = train_bpr(model, small_split, evaluator, config=config)
+    assert model.optimizer is opt_first
+    assert runner.experimental_get_tracing_count() == 1
+    assert [h.loss for h in second.history] == [h.loss for h in first.history]
+    for a, b in zip(model.get_weights(), w_first, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert int(opt_first.iterations.numpy()) == 20
+
+    # Another schedule gets its own optimiser and loop; the first entry is kept.
+    model.set_weights(w0)
+    train_bpr(model, small_split, evaluator, config=config.replace(learning_rate=0.01))
+    assert len(cache) == 2 and model.optimizer is not opt_first
