@@ -657,7 +657,10 @@ def train_bpr(
     """Trains a BPR backbone with early stopping on validation (spec §1.3, §2).
 
     1. Compiles ``model`` with a fresh Adam whose rate follows ``config`` (a float, or a
-       `StaircaseDecay`). Graph backbones get their graph from ``split.train``.
+       `StaircaseDecay`). Graph backbones get their graph from ``split.train``. With
+       ``jit_compile`` the Adam and the XLA-compiled loop are kept on the model and reused,
+       state reset, by later calls with the same schedule (one compilation per model and
+       schedule, not per call).
     2. Trains in chunks of ``eval_every`` steps on ``bpr_dataset(split.train, batch_size,
        seed)`` (one compiled loop per chunk), evaluates on **validation** after each chunk and
        stops when the monitored value has not improved for ``patience`` chunks or at
