@@ -529,8 +529,9 @@ def _chunk_runner(model: Any, jit_compile: bool = False) -> Any:
         return losses.stack()
 
     runner = tf.function(run, autograph=autograph)
-    # Every `train_bpr` call compiles its own loop (the model differs), so TensorFlow's
-    # "frequent retracing" warning, keyed by the code object, would fire in every search.
+    # Each new model (and, without XLA, each `train_bpr` call) traces its own loop, so
+    # TensorFlow's "frequent retracing" warning, keyed by the code object, would fire in every
+    # search. XLA loops are reused per model and schedule (`_optimizer_and_runner`).
     for fn in (runner, step):
         if isinstance(fn, tf.types.experimental.PolymorphicFunction):
             fn._omit_frequent_tracing_warning = True
