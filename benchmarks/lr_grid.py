@@ -8,6 +8,9 @@ end, never used for the choice. Resumable: finished runs are kept in
 ``results/lr_grid.partial.json`` and skipped when the script is run again.
 
     python benchmarks/lr_grid.py --dataset ml-1m --backbone mf --max-steps 8000
+
+Results: ``results/lr_grid.{md,json}`` for ML-1M MF (d = 128), else
+``results/lr_grid_<dataset>_<backbone>.{md,json}`` (``--name`` overrides).
 """
 
 from __future__ import annotations
@@ -49,7 +52,16 @@ def main() -> None:
     p.add_argument("--patience", type=int, default=2)
     p.add_argument("--no-paper", action="store_true", help="skip the papers' recipe")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--name",
+        default=None,
+        help="results file stem (default: lr_grid for ml-1m mf d=128, the first grid run, "
+        "else lr_grid_<dataset>_<backbone>)",
+    )
     args = p.parse_args()
+    if args.name is None:
+        default = (args.dataset, args.backbone, args.dim) == ("ml-1m", "mf", 128)
+        args.name = "lr_grid" if default else f"lr_grid_{args.dataset}_{args.backbone}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     data = load_dataset(args.dataset)
@@ -153,7 +165,7 @@ def main() -> None:
         "runs": runs,
         "chosen": best,
     }
-    write_results("lr_grid", payload, markdown)
+    write_results(args.name, payload, markdown)
     print(markdown)
 
 
