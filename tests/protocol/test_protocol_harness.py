@@ -28,6 +28,7 @@ def split():
 
 def _config(out, methods, **kw):
     kw.setdefault("sparsities", (0.75,))
+    kw.setdefault("train_config", RECIPE)
     return ProtocolConfig(
         dataset="synthetic",
         backbone="mf",
@@ -35,7 +36,6 @@ def _config(out, methods, **kw):
         seeds=(0,),
         out=str(out),
         d_max=D,
-        train_config=RECIPE,
         **kw,
     )
 
@@ -240,3 +240,49 @@ def test_retraining_is_checkpointed_in_the_cell_and_cleaned_when_the_cell_is_don
     assert len(dirs) == 1 and Path(dirs[0]).parent == cell_dir / "training"
     assert not (cell_dir / "training").exists()  # the cell JSON is written: no longer needed
     assert report.cells[0].usable_params == 280
+
+
+def _cell(method, val_recall):
+    from tfembsize.protocol import CellResult
+
+    return CellResult(
+        method=method,
+        sparsity=0.9,
+        seed=0,
+        test={"recall@20": 0.0},
+        validation={"recall@20": val_recall},
+        usable_params=1,
+        num_rows=1,
+        budget=1,
+        sparsity_reached=0.9,
+        best_step=1,
+        train_steps=1,
+        retrain_time=0.0,
+        method_time=0.0,
+        steps_per_second=1.0,
+    )
+
+
+def test_untrained_cells_are_those_below_1_05_times_popularity_on_validation():
+    from tfembsize.protocol import untrained_cells
+
+    pop = {"validation": {"recall@20": 0.2}, "test": {"recall@20": 0.9}}
+    cells = [_cell("a", 0.2099), _cell("b", 0.2101), _cell("c", 0.1), _cell("d", 0.5)]
+    # 1.05 * 0.2 = 0.21; the test numbers play no part.
+    assert untrained_cells(cells, pop) == ["a__c0.9__seed0", "c__c0.9__seed0"]
+    assert untrained_cells(cells, {}) == []
+
+
+def test_a_cell_that_did_not_train_is_flagged_in_the_log_and_the_report(tmp_path, split, caplog):
+    # lr 1e-9: the tables stay at their N(0, 0.01) initialisation, i.e. random scores, which
+    # rank far worse than popularity on this data.
+    frozen = RECIPE.replace(learning_rate=1e-9)
+    config = _config(tmp_path, ("es",), sparsities=(0.75,), train_config=frozen)
+    # run_protocol is called with verbose=0 elsewhere; the warning is logged regardless.
+    with caplog.at_level("WARNING", logger="tfembsize.protocol.runner"):
+        report = run_protocol(config, split=split, verbose=0)
+    assert report.cells[0].validation["recall@20"] < report.popularity["validation"]["recall@20"]
+    assert "es__c0.75__seed0: validation R@20" in caplog.text
+    assert "may not have trained" in caplog.text
+    md = (tmp_path / "results.md").read_text()
+    assert "**Warning:** es__c0.75__seed0: validation R@20 below 1.05x" in md

@@ -39,6 +39,7 @@ from tfembsize.protocol.runner import (
     run_protocol,
     search_times,
     summarise_cells,
+    untrained_cells,
 )
 
 __all__ = [
@@ -63,5 +64,6 @@ __all__ = [
     "run_protocol",
     "search_times",
     "summarise_cells",
+    "untrained_cells",
     "unregister_method",
 ]
