@@ -83,7 +83,7 @@ def run_arms(
     wall: dict[str, list[float]] = {a: [] for a in arms}
     growth: dict[str, list[float]] = {a: [] for a in arms}
     losses: dict[str, list[float]] = {a: [] for a in arms}
-    rss_after_warmup = rss_end = 0.0
+    rss_after_warmup = 0.0
     for i in range(warmup + calls):
         for arm in arms:
             model, config, factory = setups[arm]
@@ -102,13 +102,12 @@ def run_arms(
         if verbose:
             line = ", ".join(f"{a} {wall[a][-1]:.2f}s" for a in arms if wall[a])
             print(f"round {i + 1}/{warmup + calls}: {line}", flush=True)  # noqa: T201
-    rss_end = rss_mb()
     return {
         "wall": wall,
         "growth": growth,
         "losses": losses,
         "rss_after_warmup_mb": rss_after_warmup,
-        "rss_end_mb": rss_end,
+        "rss_end_mb": rss_mb(),
     }
 
 

@@ -730,7 +730,6 @@ def markdown_report(report: ProtocolReport) -> str:
             f"{steps} | {row['retrain_time']['mean']:.0f} | {paper.text()} | {ratio} |"
         )
     pop = report.popularity.get("test")
-    flagged = untrained_cells(report.cells, report.popularity)
     if pop:
         lines.append(
             f"| popularity (train counts) | — | {pop.get('recall@5', math.nan):.4f} | "
@@ -738,6 +737,7 @@ def markdown_report(report: ProtocolReport) -> str:
             f"{pop.get('ndcg@20', math.nan):.4f} | 0 | — | — | — | — |"
         )
     lines.append("")
+    flagged = untrained_cells(report.cells, report.popularity)
     if flagged:
         base = report.popularity["validation"]["recall@20"]
         lines.append(
