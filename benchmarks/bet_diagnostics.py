@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="the run's seed whose search to read")
     p.add_argument("--part", choices=("finetune", "surrogate", "report"), required=True)
     p.add_argument("--eval-every", type=int, default=None, help="the run's --eval-every")
+    p.add_argument("--patience", type=int, default=None, help="the run's --patience")
     p.add_argument("--jit-compile", action="store_true", help="XLA optimiser steps")
     p.add_argument("--probes", default=",".join(PROBES), help=f"subset of {PROBES}")
     p.add_argument("--generous-updates", type=int, default=400)
@@ -136,6 +137,8 @@ def finetune(args: argparse.Namespace) -> None:
     cli = ["--dataset", args.dataset, "--backbone", args.backbone, "--out", args.run]
     if args.eval_every:
         cli += ["--eval-every", str(args.eval_every)]
+    if args.patience:
+        cli += ["--patience", str(args.patience)]
     if args.jit_compile:
         cli.append("--jit-compile")
     config = paper_protocol.build_config(paper_protocol.parse_args(cli))
