@@ -50,13 +50,67 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def build_report(results: dict, source: str = "", note: str = "") -> tuple[dict, str]:
+def proxy_vs_retraining(results: dict, finetune: dict | None = None) -> dict:
+    """Does BET's search proxy agree with retraining from scratch? Per sparsity (seed 0 cells).
+
+    For each of BET's retrained top-K actions: its search fitness (validation quality ratio
+    after h fine-tuning epochs) beside its validation Recall@20 after retraining, and their
+    Spearman correlation. With ``finetune`` (the ``.finetune.json`` of
+    ``benchmarks/bet_diagnostics.py``, which measures ES's plan under the same fine-tuning),
+    also ES's fitness beside ES's retrained validation Recall@20: if BET's best beats ES by
+    the proxy but not after retraining, the proxy, not the search, is what fails.
+
+    Args:
+        results: the parsed ``results.json`` of ``benchmarks/paper_protocol.py``.
+        finetune: the parsed diagnostics file, or None.
+    """
+    from scipy.stats import spearmanr
+
+    cells = {(c["method"], c["sparsity"]): c for c in results.get("cells", []) if c["seed"] == 0}
+    probes = (finetune or {}).get("probes", {})
+    out = {}
+    for (method, c), cell in sorted(cells.items(), key=lambda kv: kv[0][1]):
+        if method != "bet":
+            continue
+        candidates = cell["info"].get("candidates", [])
+        fitness = [float(k["search_fitness"]) for k in candidates]
+        retrained = [float(k["validation"]["recall@20"]) for k in candidates]
+        rho = None
+        if len(candidates) > 2 and len(set(fitness)) > 1 and len(set(retrained)) > 1:
+            rho = float(spearmanr(fitness, retrained).statistic)
+        rank = cell["info"].get("chosen_rank", 0)
+        chosen = next((k for k in candidates if k.get("rank") == rank), None)
+        entry: dict[str, Any] = {
+            "candidates": [
+                {"search_fitness": f, "retrained_validation_recall@20": r}
+                for f, r in zip(fitness, retrained, strict=True)
+            ],
+            "spearman_fitness_vs_retrained": rho,
+            "bet_chosen_fitness": None if chosen is None else float(chosen["search_fitness"]),
+            "bet_chosen_validation_recall@20": cell["validation"]["recall@20"],
+            "es_fitness": None,
+            "es_validation_recall@20": None,
+        }
+        es_probe = probes.get(f"es@{c:g}")
+        if es_probe is not None:
+            entry["es_fitness"] = float(es_probe["fitness"])
+        if ("es", c) in cells:
+            entry["es_validation_recall@20"] = cells[("es", c)]["validation"]["recall@20"]
+        out[f"{c:g}"] = entry
+    return out
+
+
+def build_report(
+    results: dict, source: str = "", note: str = "", probes: dict | None = None
+) -> tuple[dict, str]:
     """The payload and the markdown of the report from a protocol ``results.json``.
 
     Args:
         results: the parsed ``results.json`` of ``benchmarks/paper_protocol.py``.
         source: its path (recorded).
         note: free text for the report (e.g. why T differs from the spec's 50).
+        probes: the ``bet_diagnostics.py`` fine-tuning probes of the same run, if any
+            (adds ES's fitness to the proxy-vs-retraining table).
     """
     from tfembsize.protocol import paper_cell
 
@@ -130,6 +184,7 @@ def build_report(results: dict, source: str = "", note: str = "") -> tuple[dict,
         "bet_finetune_recipe": finetune,
         "method_options": cfg.get("method_options", {}),
         "rows": table,
+        "proxy_vs_retraining": proxy_vs_retraining(results, probes),
         "ratio_vs_es": {f"{e['sparsity']:g}": e["ratio_vs_es"] for e in table},
         "paper_ratio_vs_es": {f"{e['sparsity']:g}": e["paper_ratio_vs_es"] for e in table},
         "paper_ratio_source": f"BET paper (WSDM 2024) {PAPER_DATASET} {PAPER_BACKBONE} rows, "
@@ -221,6 +276,30 @@ def _markdown(p: dict) -> str:
                 lines.append(
                     f"| {float(c):.0%} | {m} | {_fmt(st['recall@20'])} | {_fmt(st['ndcg@20'])} |"
                 )
+    proxy = p.get("proxy_vs_retraining") or {}
+    if proxy:
+        lines += [
+            "",
+            "Search proxy vs retraining (validation only): BET's fitness (quality ratio after "
+            "h fine-tuning epochs from the pretrained full model) against the validation "
+            "R@20 of the same action retrained from scratch; ES's fitness comes from "
+            "`bet_diagnostics.py --part finetune` where it was run.",
+            "",
+            "| c | BET chosen: fitness, retrained val R@20 | ES: fitness, retrained val R@20 | "
+            "Spearman(fitness, retrained) over the top K | top K: fitness -> val R@20 |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for c, e in proxy.items():
+            pairs = ", ".join(
+                f"{k['search_fitness']:.3f} -> {k['retrained_validation_recall@20']:.4f}"
+                for k in e["candidates"]
+            )
+            lines.append(
+                f"| {float(c):.0%} | {_num(e['bet_chosen_fitness'])}, "
+                f"{_num(e['bet_chosen_validation_recall@20'], 4)} | {_num(e['es_fitness'])}, "
+                f"{_num(e['es_validation_recall@20'], 4)} | "
+                f"{_num(e['spearman_fitness_vs_retrained'], 2)} | {pairs} |"
+            )
     pop = (p.get("popularity") or {}).get("test")
     if pop:
         lines += [
@@ -253,8 +332,14 @@ def main(argv: list[str] | None = None) -> int:
         help="text for the report, e.g. why T differs from the spec (default: OUT/NOTES.md's "
         "first paragraph, if the file exists)",
     )
+    parser.add_argument(
+        "--diagnostics",
+        default=None,
+        help="bet_diagnostics.py fine-tuning probes of this run (default: "
+        "benchmarks/results/bet_diagnostics_<dataset>_<backbone>.finetune.json if it exists)",
+    )
     args = parser.parse_args(argv)
-    from common import write_results
+    from common import RESULTS, write_results
 
     path = Path(args.out) / "results.json"
     results = json.loads(path.read_text())
@@ -263,7 +348,17 @@ def main(argv: list[str] | None = None) -> int:
     if not note and notes.exists():
         paragraphs = [p for p in notes.read_text().split("\n\n") if not p.startswith("#")]
         note = " ".join(paragraphs[0].split()) if paragraphs else ""
-    payload, markdown = build_report(results, source=str(path), note=note)
+    cfg = results["config"]
+    diagnostics = Path(
+        args.diagnostics
+        or RESULTS / f"bet_diagnostics_{cfg['name']}_{cfg['backbone']}.finetune.json"
+    )
+    finetune = None
+    if diagnostics.exists():
+        finetune = json.loads(diagnostics.read_text())
+    elif args.diagnostics:
+        parser.error(f"--diagnostics: no such file: {args.diagnostics!r}")
+    payload, markdown = build_report(results, source=str(path), note=note, probes=finetune)
     name = args.name or f"bet_{payload['dataset']}_{payload['backbone']}"
     jpath, mpath = write_results(name, payload, markdown)
     print(markdown)

@@ -264,3 +264,53 @@ def test_command_line_and_bet_report(tmp_path, monkeypatch):
     assert f"| {ratio:.3f} | 1.047 |" in md
     assert "| 1.047 / 0.992 / 1.048 |" in md
     assert np.isfinite(report["rows"][0]["search_time"])
+
+
+def _bet_report_module():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bet_report
+    finally:
+        sys.path.pop(0)
+    return bet_report
+
+
+def test_bet_report_proxy_vs_retraining_hand_computed():
+    """BET's search fitness beside its retrained validation R@20, and ES's under both."""
+    bet_report = _bet_report_module()
+    candidates = [
+        {"rank": r, "search_fitness": f, "validation": {"recall@20": v}}
+        for r, (f, v) in enumerate([(0.9, 0.20), (0.8, 0.22), (0.7, 0.18)])
+    ]
+    results = {
+        "cells": [
+            {
+                "method": "bet",
+                "sparsity": 0.8,
+                "seed": 0,
+                "validation": {"recall@20": 0.22},
+                "info": {"candidates": candidates, "chosen_rank": 1},
+            },
+            {"method": "es", "sparsity": 0.8, "seed": 0, "validation": {"recall@20": 0.25}},
+            {"method": "bet", "sparsity": 0.8, "seed": 1, "validation": {}, "info": {}},
+        ]
+    }
+    out = bet_report.proxy_vs_retraining(results, {"probes": {"es@0.8": {"fitness": 0.75}}})
+    e = out["0.8"]
+    # ranks of fitness 3, 2, 1 and of R@20 2, 3, 1: sum d^2 = 2, rho = 1 - 6 * 2 / (3 * 8).
+    assert e["spearman_fitness_vs_retrained"] == pytest.approx(0.5)
+    assert e["bet_chosen_fitness"] == 0.8 and e["bet_chosen_validation_recall@20"] == 0.22
+    assert e["es_fitness"] == 0.75 and e["es_validation_recall@20"] == 0.25
+    assert [k["search_fitness"] for k in e["candidates"]] == [0.9, 0.8, 0.7]
+    without = bet_report.proxy_vs_retraining(results)["0.8"]
+    assert without["es_fitness"] is None and without["es_validation_recall@20"] == 0.25
+
+
+def test_bet_report_missing_diagnostics_file_is_an_error(tmp_path, capsys):
+    bet_report = _bet_report_module()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"config": {"name": "x", "backbone": "mf"}}))
+    with pytest.raises(SystemExit):
+        bet_report.main([str(out), "--diagnostics", str(tmp_path / "nope.json")])
+    assert "--diagnostics: no such file" in capsys.readouterr().err
