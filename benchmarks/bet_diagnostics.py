@@ -52,7 +52,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, command, machine, now  # noqa: E402
+from common import RESULTS, command, diagnostics_stem, machine, now, spearman  # noqa: E402
 
 logger = logging.getLogger("bet_diagnostics")
 
@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _out_stem(args: argparse.Namespace) -> Path:
-    return RESULTS / f"bet_diagnostics_{args.dataset}_{args.backbone}"
+    return diagnostics_stem(args.dataset, args.backbone)
 
 
 def _load(path: Path) -> dict:
@@ -227,11 +227,8 @@ def finetune(args: argparse.Namespace) -> None:
 
 # Part 2: can the surrogate rank the archive? ------------------------------------------------
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    return float(spearmanr(x, y).statistic)
+    rho = spearman(x, y, min_points=2)
+    return float("nan") if rho is None else rho
 
 
 def surrogate(args: argparse.Namespace) -> None:

@@ -50,24 +50,24 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def proxy_vs_retraining(results: dict, finetune: dict | None = None) -> dict:
+def proxy_vs_retraining(results: dict, diagnostics: dict | None = None) -> dict:
     """Does BET's search proxy agree with retraining from scratch? Per sparsity (seed 0 cells).
 
     For each of BET's retrained top-K actions: its search fitness (validation quality ratio
     after h fine-tuning epochs) beside its validation Recall@20 after retraining, and their
-    Spearman correlation. With ``finetune`` (the ``.finetune.json`` of
+    Spearman correlation. With ``diagnostics`` (the ``.finetune.json`` of
     ``benchmarks/bet_diagnostics.py``, which measures ES's plan under the same fine-tuning),
     also ES's fitness beside ES's retrained validation Recall@20: if BET's best beats ES by
     the proxy but not after retraining, the proxy, not the search, is what fails.
 
     Args:
         results: the parsed ``results.json`` of ``benchmarks/paper_protocol.py``.
-        finetune: the parsed diagnostics file, or None.
+        diagnostics: the parsed diagnostics file, or None.
     """
-    from scipy.stats import spearmanr
+    from common import spearman
 
     cells = {(c["method"], c["sparsity"]): c for c in results.get("cells", []) if c["seed"] == 0}
-    probes = (finetune or {}).get("probes", {})
+    probes = (diagnostics or {}).get("probes", {})
     out = {}
     for (method, c), cell in sorted(cells.items(), key=lambda kv: kv[0][1]):
         if method != "bet":
@@ -75,9 +75,7 @@ def proxy_vs_retraining(results: dict, finetune: dict | None = None) -> dict:
         candidates = cell["info"].get("candidates", [])
         fitness = [float(k["search_fitness"]) for k in candidates]
         retrained = [float(k["validation"]["recall@20"]) for k in candidates]
-        rho = None
-        if len(candidates) > 2 and len(set(fitness)) > 1 and len(set(retrained)) > 1:
-            rho = float(spearmanr(fitness, retrained).statistic)
+        rho = spearman(fitness, retrained)
         rank = cell["info"].get("chosen_rank", 0)
         chosen = next((k for k in candidates if k.get("rank") == rank), None)
         entry: dict[str, Any] = {
@@ -101,7 +99,7 @@ def proxy_vs_retraining(results: dict, finetune: dict | None = None) -> dict:
 
 
 def build_report(
-    results: dict, source: str = "", note: str = "", probes: dict | None = None
+    results: dict, source: str = "", note: str = "", diagnostics: dict | None = None
 ) -> tuple[dict, str]:
     """The payload and the markdown of the report from a protocol ``results.json``.
 
@@ -109,7 +107,7 @@ def build_report(
         results: the parsed ``results.json`` of ``benchmarks/paper_protocol.py``.
         source: its path (recorded).
         note: free text for the report (e.g. why T differs from the spec's 50).
-        probes: the ``bet_diagnostics.py`` fine-tuning probes of the same run, if any
+        diagnostics: the ``bet_diagnostics.py`` fine-tuning probes of the same run, if any
             (adds ES's fitness to the proxy-vs-retraining table).
     """
     from tfembsize.protocol import paper_cell
@@ -170,7 +168,7 @@ def build_report(
             }
     bet_cells = [cell for cell in results.get("cells", []) if cell["method"] == "bet"]
     settings = bet_cells[0]["info"].get("settings") if bet_cells else None
-    finetune = bet_cells[0]["info"].get("finetune_recipe") if bet_cells else None
+    recipe = bet_cells[0]["info"].get("finetune_recipe") if bet_cells else None
     payload = {
         "source": source,
         "protocol_command": results.get("command"),
@@ -181,10 +179,10 @@ def build_report(
         "num_entities": results["dataset"]["num_entities"],
         "recipe": results["recipe"],
         "bet_settings": settings,
-        "bet_finetune_recipe": finetune,
+        "bet_finetune_recipe": recipe,
         "method_options": cfg.get("method_options", {}),
         "rows": table,
-        "proxy_vs_retraining": proxy_vs_retraining(results, probes),
+        "proxy_vs_retraining": proxy_vs_retraining(results, diagnostics),
         "ratio_vs_es": {f"{e['sparsity']:g}": e["ratio_vs_es"] for e in table},
         "paper_ratio_vs_es": {f"{e['sparsity']:g}": e["paper_ratio_vs_es"] for e in table},
         "paper_ratio_source": f"BET paper (WSDM 2024) {PAPER_DATASET} {PAPER_BACKBONE} rows, "
@@ -339,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmarks/results/bet_diagnostics_<dataset>_<backbone>.finetune.json if it exists)",
     )
     args = parser.parse_args(argv)
-    from common import RESULTS, write_results
+    from common import diagnostics_stem, write_results
 
     path = Path(args.out) / "results.json"
     results = json.loads(path.read_text())
@@ -349,16 +347,16 @@ def main(argv: list[str] | None = None) -> int:
         paragraphs = [p for p in notes.read_text().split("\n\n") if not p.startswith("#")]
         note = " ".join(paragraphs[0].split()) if paragraphs else ""
     cfg = results["config"]
-    diagnostics = Path(
+    diagnostics_path = Path(
         args.diagnostics
-        or RESULTS / f"bet_diagnostics_{cfg['name']}_{cfg['backbone']}.finetune.json"
+        or diagnostics_stem(cfg["name"], cfg["backbone"]).with_suffix(".finetune.json")
     )
-    finetune = None
-    if diagnostics.exists():
-        finetune = json.loads(diagnostics.read_text())
+    diagnostics = None
+    if diagnostics_path.exists():
+        diagnostics = json.loads(diagnostics_path.read_text())
     elif args.diagnostics:
         parser.error(f"--diagnostics: no such file: {args.diagnostics!r}")
-    payload, markdown = build_report(results, source=str(path), note=note, probes=finetune)
+    payload, markdown = build_report(results, source=str(path), note=note, diagnostics=diagnostics)
     name = args.name or f"bet_{payload['dataset']}_{payload['backbone']}"
     jpath, mpath = write_results(name, payload, markdown)
     print(markdown)

@@ -140,6 +140,26 @@ def alternate(
     return alternate_clocks(fns, repeats, warmup)["wall"]
 
 
+def spearman(x: Any, y: Any, min_points: int = 3) -> float | None:
+    """Spearman rank correlation of ``x`` and ``y``, or None where it is undefined.
+
+    Undefined means fewer than ``min_points`` pairs or a constant side (scipy would warn and
+    return nan there).
+    """
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < min_points or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(spearmanr(x, y).statistic)
+
+
+def diagnostics_stem(dataset: str, backbone: str) -> Path:
+    """Path stem of ``bet_diagnostics.py``'s results for one run (add ``.finetune.json`` ...)."""
+    return RESULTS / f"bet_diagnostics_{dataset}_{backbone}"
+
+
 def median_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
     """Median of per-round ratios ``num/den`` (paired, robust to drifting load)."""
     return statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))

@@ -223,9 +223,9 @@ def test_command_line_and_bet_report(tmp_path, monkeypatch):
     lines = [" ".join(map(str, [u, *indices[indptr[u] : indptr[u + 1]]])) for u in range(60)]
     (folder / "train.txt").write_text("\n".join(lines[:40]) + "\n")
     (folder / "test.txt").write_text("\n".join(lines[40:]) + "\n")
+    bet_report = _bet_report_module()
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        import bet_report
         import common
         import paper_protocol
     finally:
@@ -273,6 +273,24 @@ def _bet_report_module():
     finally:
         sys.path.pop(0)
     return bet_report
+
+
+def test_common_spearman_and_diagnostics_stem(tmp_path, monkeypatch):
+    """The benchmarks' shared Spearman (None where undefined) and diagnostics path."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import common
+    finally:
+        sys.path.pop(0)
+    # ranks (1, 2, 3) vs (1, 3, 2): d = (0, 1, 1), rho = 1 - 6 * 2 / (3 * 8) = 0.5
+    assert common.spearman([0.1, 0.2, 0.3], [5.0, 9.0, 7.0]) == pytest.approx(0.5)
+    assert common.spearman([3, 2, 1], [1, 2, 3]) == pytest.approx(-1.0)
+    assert common.spearman([1, 2], [2, 1]) is None
+    assert common.spearman([1, 2], [2, 1], min_points=2) == pytest.approx(-1.0)
+    assert common.spearman([1, 1, 1], [1, 2, 3]) is None
+    assert common.spearman([1, 2, 3], [4, 4, 4]) is None
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    assert common.diagnostics_stem("gowalla", "mf") == tmp_path / "bet_diagnostics_gowalla_mf"
 
 
 def test_bet_report_proxy_vs_retraining_hand_computed():
