@@ -332,3 +332,37 @@ def test_bet_report_missing_diagnostics_file_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bet_report.main([str(out), "--diagnostics", str(tmp_path / "nope.json")])
     assert "--diagnostics: no such file" in capsys.readouterr().err
+
+
+def test_bet_diagnostics_plan_helpers_hand_computed():
+    """bet_diagnostics.py's split-w probe plan, user share and size cv, by hand."""
+    from tfembsize.controllers.base import Problem
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bet_diagnostics
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    problem = Problem(
+        tables={"u": "user", "i": "item"},
+        d_max=8,
+        num_users=3,
+        num_items=5,
+        digest="x",
+        user_frequencies=np.array([5, 3, 1]),
+        item_frequencies=np.array([4, 4, 2, 1, 1]),
+    )
+    # B(0.5) = floor(0.5 * 8 * 8) = 32 size units; users get 0.7 * 32 // 3 = 7 each,
+    # items (32 - 21) // 5 = 2 each: 31 <= 32 parameters.
+    plan = bet_diagnostics._split_plan(problem, 0.5, 0.7)
+    np.testing.assert_array_equal(plan["u"], [7, 7, 7])
+    np.testing.assert_array_equal(plan["i"], [2, 2, 2, 2, 2])
+    plan.check(Budget(sparsity=0.5, d_max=8))
+    assert bet_diagnostics._plan_share(plan, problem.tables) == pytest.approx(21 / 31)
+    counts = np.zeros((2, 8), np.int64)  # entities per size (column d-1), per side
+    counts[0, 6], counts[1, 1] = 3, 5
+    assert bet_diagnostics._user_share(counts) == pytest.approx(21 / 31)
+    # pooled sizes (7, 7, 7, 2, 2, 2, 2, 2): mean 3.875, variance 46.875 / 8
+    assert bet_diagnostics._size_cv(counts) == pytest.approx(np.sqrt(46.875 / 8) / 3.875)
+    assert bet_diagnostics._side_cv(counts) == 0.0
+    assert np.isnan(bet_diagnostics._spearman(np.array([1.0, 2.0]), np.array([3.0, 3.0])))
