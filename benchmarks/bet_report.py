@@ -66,7 +66,11 @@ def proxy_vs_retraining(results: dict, diagnostics: dict | None = None) -> dict:
     """
     from common import spearman
 
-    cells = {(c["method"], c["sparsity"]): c for c in results.get("cells", []) if c["seed"] == 0}
+    cells = {
+        (c["method"], c["sparsity"]): c
+        for c in results.get("cells", [])
+        if c["seed"] == 0 and c["sparsity"] is not None  # not the unpruned `full` cell
+    }
     probes = (diagnostics or {}).get("probes", {})
     out = {}
     for (method, c), cell in sorted(cells.items(), key=lambda kv: kv[0][1]):

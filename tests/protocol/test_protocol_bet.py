@@ -215,7 +215,7 @@ def test_reuse_cells_from_another_run(tmp_path, split):
 
 
 def test_command_line_and_bet_report(tmp_path, monkeypatch):
-    """paper_protocol.py --bet-* flags, then bet_report.py on its output (a 'gowalla' folder)."""
+    """paper_protocol.py --bet-* flags (and a `full` cell), then bet_report.py on its output."""
     data = synthetic(60, 80, 1200, seed=0)
     folder = tmp_path / "gowalla"
     folder.mkdir()
@@ -231,7 +231,7 @@ def test_command_line_and_bet_report(tmp_path, monkeypatch):
     finally:
         sys.path.pop(0)
     out = tmp_path / "out"
-    argv = f"--data-dir {folder} --backbone mf --methods es,mr,bet --sparsity 0.8 --seeds 1 "
+    argv = f"--data-dir {folder} --backbone mf --methods es,mr,bet,full --sparsity 0.8 --seeds 1 "
     argv += f"--out {out} --d-max 10 --lr 0.01 --batch-size 128 --max-steps 20 --eval-every 20 "
     argv += "--bet-iterations 2 --bet-candidates 3 --bet-epochs 0.5 --bet-top-k 1 --verbose 0"
     assert paper_protocol.main(argv.split()) == 0
