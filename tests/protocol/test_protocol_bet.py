@@ -1,5 +1,6 @@
 """BET in the paper protocol: one shared search, top-K retraining, resume, budgets, report."""
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -223,13 +224,9 @@ def test_command_line_and_bet_report(tmp_path, monkeypatch):
     lines = [" ".join(map(str, [u, *indices[indptr[u] : indptr[u + 1]]])) for u in range(60)]
     (folder / "train.txt").write_text("\n".join(lines[:40]) + "\n")
     (folder / "test.txt").write_text("\n".join(lines[40:]) + "\n")
-    bet_report = _bet_report_module()
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import common
-        import paper_protocol
-    finally:
-        sys.path.pop(0)
+    bet_report = _benchmark_module("bet_report")
+    common = _benchmark_module("common")
+    paper_protocol = _benchmark_module("paper_protocol")
     out = tmp_path / "out"
     argv = f"--data-dir {folder} --backbone mf --methods es,mr,bet,full --sparsity 0.8 --seeds 1 "
     argv += f"--out {out} --d-max 10 --lr 0.01 --batch-size 128 --max-steps 20 --eval-every 20 "
@@ -266,22 +263,18 @@ def test_command_line_and_bet_report(tmp_path, monkeypatch):
     assert np.isfinite(report["rows"][0]["search_time"])
 
 
-def _bet_report_module():
+def _benchmark_module(name: str):
+    """Imports ``benchmarks/<name>.py`` (the scripts import each other by bare name)."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        import bet_report
+        return importlib.import_module(name)
     finally:
-        sys.path.pop(0)
-    return bet_report
+        sys.path.remove(str(BENCHMARKS))
 
 
 def test_common_spearman_and_diagnostics_stem(tmp_path, monkeypatch):
     """The benchmarks' shared Spearman (None where undefined) and diagnostics path."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import common
-    finally:
-        sys.path.pop(0)
+    common = _benchmark_module("common")
     # ranks (1, 2, 3) vs (1, 3, 2): d = (0, 1, 1), rho = 1 - 6 * 2 / (3 * 8) = 0.5
     assert common.spearman([0.1, 0.2, 0.3], [5.0, 9.0, 7.0]) == pytest.approx(0.5)
     assert common.spearman([3, 2, 1], [1, 2, 3]) == pytest.approx(-1.0)
@@ -295,7 +288,7 @@ def test_common_spearman_and_diagnostics_stem(tmp_path, monkeypatch):
 
 def test_bet_report_proxy_vs_retraining_hand_computed():
     """BET's search fitness beside its retrained validation R@20, and ES's under both."""
-    bet_report = _bet_report_module()
+    bet_report = _benchmark_module("bet_report")
     candidates = [
         {"rank": r, "search_fitness": f, "validation": {"recall@20": v}}
         for r, (f, v) in enumerate([(0.9, 0.20), (0.8, 0.22), (0.7, 0.18)])
@@ -325,7 +318,7 @@ def test_bet_report_proxy_vs_retraining_hand_computed():
 
 
 def test_bet_report_missing_diagnostics_file_is_an_error(tmp_path, capsys):
-    bet_report = _bet_report_module()
+    bet_report = _benchmark_module("bet_report")
     out = tmp_path / "run"
     out.mkdir()
     (out / "results.json").write_text(json.dumps({"config": {"name": "x", "backbone": "mf"}}))
@@ -338,11 +331,7 @@ def test_bet_diagnostics_plan_helpers_hand_computed():
     """bet_diagnostics.py's split-w probe plan, user share and size cv, by hand."""
     from tfembsize.controllers.base import Problem
 
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import bet_diagnostics
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    bet_diagnostics = _benchmark_module("bet_diagnostics")
     problem = Problem(
         tables={"u": "user", "i": "item"},
         d_max=8,
