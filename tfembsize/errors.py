@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BudgetExceededError", "BudgetInfeasibleError"]
+__all__ = ["BudgetExceededError", "BudgetInfeasibleError", "StateFileError"]
 
 
 class BudgetExceededError(ValueError):
@@ -26,3 +26,10 @@ class BudgetExceededError(ValueError):
 
 class BudgetInfeasibleError(ValueError):
     """No size vector within the bounds can satisfy the budget (min_size * rows > budget)."""
+
+
+class StateFileError(ValueError):
+    """A saved file (run state, plan, checkpoint) is missing, damaged or of another kind.
+
+    The message names the file's path.
+    """

@@ -20,7 +20,7 @@ from fakes import NCF_TABLES, FakeEnvironment, drive, make_observation
 from tfembsize.budget import Budget
 from tfembsize.controllers import MODES, PHASES, Controller, Decision
 from tfembsize.errors import BudgetInfeasibleError
-from tfembsize.search.records import Feedback
+from tfembsize.records import Feedback
 
 SPARSITIES = (0.5, 0.8, 0.95)
 

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tfembsize.controllers import Controller, Decision
-from tfembsize.search.records import Feedback, Observation
+from tfembsize.records import Feedback, Observation
 
 
 @pytest.fixture(autouse=True)

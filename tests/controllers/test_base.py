@@ -13,13 +13,13 @@ from fakes import (
     make_observation,
 )
 
+from tfembsize import records
 from tfembsize.budget import Budget
 from tfembsize.controllers import MODES, Controller, Decision, Problem
 from tfembsize.controllers.base import fitness_of, validate_sparsities
 from tfembsize.errors import BudgetExceededError
 from tfembsize.plan import SizePlan
-from tfembsize.search import records
-from tfembsize.search.records import Feedback
+from tfembsize.records import Feedback
 
 PLAN = SizePlan({"user_embedding": [4, 4], "item_embedding": [4, 4, 4]})
 
@@ -187,7 +187,7 @@ def test_set_state_rejects_other_classes_and_garbage():
 @pytest.mark.parametrize(
     "name",
     [
-        "tfembsize.controllers.base",
+        "tfembsize.records",
         "tfembsize.controllers.baselines",
         "tfembsize.controllers.bet",
         "tfembsize.controllers.bet_sampler",

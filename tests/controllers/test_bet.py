@@ -16,7 +16,7 @@ from fakes import (
 from tfembsize.budget import Budget
 from tfembsize.controllers import ES, MR, BETController
 from tfembsize.controllers.bet_sampler import frequency_order
-from tfembsize.search.records import Feedback
+from tfembsize.records import Feedback
 
 SMALL = {"search_iterations": 4, "num_candidates": 6, "top_k": 2}
 

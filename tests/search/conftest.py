@@ -4,69 +4,64 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
-from tfembsize.budget import Budget
-from tfembsize.plan import SizePlan
+from tfembsize.controllers import Controller, Decision
 from tfembsize.search import Feedback, Observation
 
 
-@dataclass(frozen=True)
-class FakeDecision:
-    plan: SizePlan
-    mode: str = "scratch"
-    budget: Budget | None = None
-    info: dict = field(default_factory=dict)
-
-
-class FakeController:
+class FakeController(Controller):
     """Random plans under a budget; its RNG state and tell-log are its saved state."""
 
     def __init__(self, sparsity=0.5, seed=0, num_iterations=None, over_budget_at=None):
-        self.budget = Budget(sparsity=sparsity, d_max=8)
-        self.rng = np.random.default_rng(seed)
+        super().__init__(sparsity, seed=seed)
         self.told: list[tuple[int, float]] = []
-        self.num_iterations = num_iterations
+        self._limit = num_iterations
         self.over_budget_at = over_budget_at
         self.fail_save_at = None
 
-    @property
-    def done(self):
-        return self.num_iterations is not None and len(self.told) >= self.num_iterations
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_iterations": self._limit,
+            "over_budget_at": self.over_budget_at,
+        }
 
-    def ask(self, observation: Observation) -> FakeDecision:
+    def _is_done(self):
+        return self._limit is not None and len(self.told) >= self._limit
+
+    def _total_steps(self):
+        return self._limit
+
+    def _ask(self, observation: Observation) -> Decision:
         assert observation.iteration == len(self.told)
+        budget = self.budgets[self.sparsities[0]]
         u = self.rng.integers(1, 9, observation.num_users)
         i = self.rng.integers(1, 9, observation.num_items)
         plan = observation.plan_from_sizes(u, i)
         if self.over_budget_at == observation.iteration:
             plan = observation.full_plan()
         else:
-            plan = plan.repair(self.budget)
-        return FakeDecision(plan, "snapshot", self.budget, {"draw": float(u[0])})
+            plan = plan.repair(budget)
+        return Decision(plan, "snapshot", budget=budget, info={"draw": float(u[0])})
 
-    def tell(self, decision, feedback):
+    def _tell(self, decision, feedback):
         self.told.append((len(self.told), feedback.quality))
+        self._metrics = {"told": float(len(self.told))}
 
-    @property
-    def last_info(self):
-        return {"told": len(self.told)}
+    def _get_state(self):
+        return {"told": [[i, None if np.isnan(q) else q] for i, q in self.told]}
 
-    def save(self, directory):
+    def _set_state(self, state):
+        self.told = [(int(i), float("nan") if q is None else q) for i, q in state["told"]]
+
+    def save(self, directory, **kwargs):
         if self.fail_save_at is not None and len(self.told) - 1 == self.fail_save_at:
             self.fail_save_at = None
             raise KeyboardInterrupt("killed while saving")
-        with open(os.path.join(directory, "state.json"), "w") as f:
-            json.dump({"rng": self.rng.bit_generator.state, "told": self.told}, f)
-
-    def restore(self, directory):
-        with open(os.path.join(directory, "state.json")) as f:
-            state = json.load(f)
-        self.rng.bit_generator.state = state["rng"]
-        self.told = [tuple(t) for t in state["told"]]
+        super().save(directory, **kwargs)
 
 
 class FakeEnv:

@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 
+from tfembsize.controllers import Controller, Decision
 from tfembsize.errors import BudgetExceededError
 from tfembsize.plan import SizePlan
 from tfembsize.search import Feedback, load_history, run
@@ -121,17 +122,19 @@ def test_controller_done_stops_the_loop(tmp_path, fakes):
     assert len(result.history) == 3 and result.finished
 
 
-def test_no_stopping_rule_is_an_error(tmp_path, fakes):
-    _, make_env = fakes
+def test_the_loop_takes_controllers_only(tmp_path, fakes):
+    make_ctrl, make_env = fakes
 
-    class Endless:
+    class DuckTyped:
+        done = False
+
         def ask(self, obs): ...
         def tell(self, d, f): ...
 
-    with pytest.raises(ValueError, match="`iterations` is None and the controller has no `done`"):
-        run(Endless(), make_env(), tmp_path, verbose=0, tensorboard=False)
+    with pytest.raises(TypeError, match="must be a tfembsize.controllers.Controller.*DuckTyped"):
+        run(DuckTyped(), make_env(), tmp_path, verbose=0, tensorboard=False)
     with pytest.raises(ValueError, match="`iterations` must be >= 0. Received: iterations=-1"):
-        run(Endless(), make_env(), tmp_path, iterations=-1)
+        run(make_ctrl(), make_env(), tmp_path, iterations=-1)
 
 
 def test_over_budget_decision_raises_before_the_step(tmp_path, fakes):
@@ -202,42 +205,35 @@ def test_env_feedback_must_be_a_feedback(tmp_path, fakes):
     assert Feedback  # keep import used
 
 
-class _ScriptedController:
-    """Plays a fixed script of decisions (plan size, phase, length); optional best_plans."""
+class _ScriptedController(Controller):
+    """Plays a fixed script of decisions (plan size, phase, length); optional best plan."""
 
     def __init__(self, script, best=None):
-        from tfembsize.budget import Budget
-
+        super().__init__(0.5, seed=0)
         self.script = list(script)
-        self.budget = Budget(sparsity=0.5, d_max=8)
         self.told = 0
         self.best = best
 
-    @property
-    def done(self):
+    def _is_done(self):
         return self.told >= len(self.script)
 
-    def ask(self, obs):
-        from tfembsize.controllers import Decision
-
+    def _ask(self, obs):
         size, phase, length = self.script[self.told]
         plan = obs.plan_from_sizes(np.full(obs.num_users, size), np.full(obs.num_items, size))
         mode = "scratch" if phase == "final" else "snapshot"
-        return Decision(plan, mode, budget=self.budget, phase=phase, **length)
+        return Decision(plan, mode, budget=self.budgets[0.5], phase=phase, **length)
 
-    def tell(self, decision, feedback):
+    def _tell(self, decision, feedback):
         self.told += 1
 
-    def best_plans(self):
-        return {} if self.best is None else {0.5: self.best}
+    def _best_plan(self, sparsity):
+        return self.best
 
-    def save(self, directory):
-        with open(os.path.join(directory, "told.json"), "w") as f:
-            json.dump(self.told, f)
+    def _get_state(self):
+        return {"told": self.told}
 
-    def restore(self, directory):
-        with open(os.path.join(directory, "told.json")) as f:
-            self.told = json.load(f)
+    def _set_state(self, state):
+        self.told = state["told"]
 
 
 class _KwargsEnv:

@@ -20,25 +20,29 @@ such as an archive of actions) and ``tf.train.Checkpoint`` (networks).
 from __future__ import annotations
 
 import abc
-import hashlib
 import json
 import logging
 import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
+from tfembsize import _io
 from tfembsize.budget import Budget
-from tfembsize.errors import BudgetInfeasibleError
 from tfembsize.plan import SizePlan
-
-if TYPE_CHECKING:  # imported lazily at run time: tfembsize.search imports the loop
-    from tfembsize.search.records import Feedback, Observation
+from tfembsize.records import (
+    MODES,
+    PHASES,
+    Decision,
+    Feedback,
+    Observation,
+    Problem,
+    fitness_of,
+)
 
 __all__ = [
     "Controller",
@@ -54,335 +58,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MODES = ("scratch", "snapshot", "continue")
-"""Environment modes (the same tuple as `tfembsize.search.records.MODES`)."""
-
-PHASES = ("search", "final")
-"""``"search"``: a step of the search itself; ``"final"``: a candidate result trained in
-full (e.g. BET's selective retraining, or the single plan of a baseline)."""
-
 _STATE_FORMAT = "tfembsize.Controller"
-_DECISION_FORMAT = "tfembsize.Decision"
-
-
-# Decision -----------------------------------------------------------------------------------
-@dataclass(frozen=True, eq=False)
-class Decision:
-    """What a controller asks the environment to do next.
-
-    Args:
-        plan: the sizes to apply (a `SizePlan` naming every searchable table).
-        mode: where training starts: ``"scratch"`` (fresh initialisation), ``"snapshot"``
-            (the stored snapshot, e.g. BET's pretrained full model) or ``"continue"``.
-        budget: the budget the plan satisfies (checked by `Controller.ask` and again by the
-            loop). None only for unbudgeted methods.
-        train_steps: optimiser steps to train for; None leaves it to the environment (train
-            to convergence with validation early stopping, or its configured recipe).
-        train_epochs: the same as a number of passes over the training interactions (the
-            environment converts with its batch size); at most one of the two is set.
-        phase: ``"search"`` for a search step, ``"final"`` for a full training of a result
-            candidate (selective retraining, a baseline's single plan).
-        info: controller-specific JSON details (iteration, strategy, predicted fitness...).
-            The loop keeps the scalar entries in the run history.
-        id: sequence number set by `Controller.ask` (-1 before).
-
-    Example:
-        >>> plan = SizePlan({"user_embedding": [4, 4], "item_embedding": [4, 4, 4]})
-        >>> d = Decision(plan, "snapshot", budget=Budget(sparsity=0.5, d_max=8), train_epochs=10)
-        >>> d.sparsity
-        0.5
-    """
-
-    plan: SizePlan
-    mode: str = "scratch"
-    budget: Budget | None = None
-    train_steps: int | None = None
-    train_epochs: float | None = None
-    phase: str = "search"
-    info: Mapping[str, Any] = field(default_factory=dict)
-    id: int = -1
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.plan, SizePlan):
-            raise TypeError(f"`plan` must be a SizePlan. Received {type(self.plan).__name__}.")
-        if self.mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}. Received: mode={self.mode!r}")
-        if self.phase not in PHASES:
-            raise ValueError(f"`phase` must be one of {PHASES}. Received: phase={self.phase!r}")
-        if self.budget is not None and not isinstance(self.budget, Budget):
-            raise TypeError(
-                f"`budget` must be a Budget or None. Received {type(self.budget).__name__}."
-            )
-        steps = self.train_steps
-        if steps is not None:
-            if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-                raise ValueError(
-                    f"`train_steps` must be a positive integer or None. Received: "
-                    f"train_steps={steps!r}"
-                )
-            object.__setattr__(self, "train_steps", int(steps))
-        epochs = self.train_epochs
-        if epochs is not None:
-            if (
-                isinstance(epochs, bool)
-                or not isinstance(epochs, (int, float, np.integer, np.floating))
-                or not math.isfinite(float(epochs))
-                or float(epochs) <= 0
-            ):
-                raise ValueError(
-                    f"`train_epochs` must be a positive number or None. Received: "
-                    f"train_epochs={epochs!r}"
-                )
-            object.__setattr__(self, "train_epochs", float(epochs))
-        if self.train_steps is not None and self.train_epochs is not None:
-            raise ValueError(
-                "Set at most one of `train_steps` and `train_epochs`. Received: "
-                f"train_steps={self.train_steps}, train_epochs={self.train_epochs}"
-            )
-        object.__setattr__(self, "info", _json_clean("info", dict(self.info)))
-        object.__setattr__(self, "id", int(self.id))
-
-    @property
-    def sparsity(self) -> float | None:
-        """The budget's target sparsity (None without a sparsity budget)."""
-        return None if self.budget is None else self.budget.sparsity
-
-    def replace(self, **changes: Any) -> Decision:
-        """A copy with some fields changed."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values.update(changes)
-        return Decision(**values)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Decision):
-            return NotImplemented
-        return all(getattr(self, f.name) == getattr(other, f.name) for f in fields(self))
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        length = (
-            f", train_steps={self.train_steps}"
-            if self.train_steps is not None
-            else (f", train_epochs={self.train_epochs:g}" if self.train_epochs else "")
-        )
-        return (
-            f"Decision(id={self.id}, mode={self.mode!r}, phase={self.phase!r}, "
-            f"sparsity={self.sparsity}, params={self.plan.total_params()}{length})"
-        )
-
-    def to_dict(self) -> dict:
-        """JSON-serialisable form (the plan's sizes as lists)."""
-        return {
-            "format": _DECISION_FORMAT,
-            "version": 1,
-            "plan": self.plan.to_dict(),
-            "mode": self.mode,
-            "budget": None if self.budget is None else self.budget.to_dict(),
-            "train_steps": self.train_steps,
-            "train_epochs": self.train_epochs,
-            "phase": self.phase,
-            "info": dict(self.info),
-            "id": self.id,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Decision:
-        """Inverse of `to_dict`."""
-        if d.get("format") != _DECISION_FORMAT:
-            raise ValueError(f"Not a serialised Decision (format={d.get('format')!r}).")
-        return cls(
-            plan=SizePlan.from_dict(d["plan"]),
-            mode=d["mode"],
-            budget=None if d.get("budget") is None else Budget.from_dict(d["budget"]),
-            train_steps=d.get("train_steps"),
-            train_epochs=d.get("train_epochs"),
-            phase=d.get("phase", "search"),
-            info=d.get("info") or {},
-            id=d.get("id", -1),
-        )
-
-
-def _json_clean(name: str, value: Any) -> Any:
-    """Numpy scalars to Python ones; rejects anything JSON cannot hold."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): _json_clean(f"{name}[{k!r}]", v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_clean(f"{name}[{i}]", v) for i, v in enumerate(value)]
-    raise TypeError(
-        f"`{name}` must hold JSON values (numbers, strings, lists, dicts). Received "
-        f"{type(value).__name__}."
-    )
-
-
-# Problem ------------------------------------------------------------------------------------
-def _digest(*arrays: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
-        h.update(b"|")
-    return h.hexdigest()
-
-
-@dataclass(frozen=True, eq=False)
-class Problem:
-    """The fixed facts of a search, taken from the first `Observation` a controller sees.
-
-    Sizes are per *entity*: every user-side table gets the user's size and every item-side
-    table the item's. The parameter cost of one unit of size is the number of tables per
-    side (2 for NCF's GMF and MLP tables), so a budget of B parameters allows
-    ``floor(B / tables_per_side)`` units of entity size (`size_limit`).
-
-    Args:
-        tables: layer name -> ``"user"`` or ``"item"``.
-        d_max: full width.
-        user_frequencies: training interactions per user (may be None after `set_state`
-            until the next observation or `restore` supplies them).
-        item_frequencies: training interactions per item (likewise).
-        num_users: number of users.
-        num_items: number of items.
-        digest: SHA-256 of the frequency arrays, to recognise the same problem later.
-    """
-
-    tables: Mapping[str, str]
-    d_max: int
-    num_users: int
-    num_items: int
-    digest: str
-    user_frequencies: np.ndarray | None = None
-    item_frequencies: np.ndarray | None = None
-
-    @classmethod
-    def from_observation(cls, observation: Observation) -> Problem:
-        """The problem an observation describes."""
-        tables = dict(observation.tables)
-        per_side = {s: sum(1 for v in tables.values() if v == s) for s in ("user", "item")}
-        if per_side["user"] != per_side["item"]:
-            raise ValueError(
-                "Controllers size entities, so the user and item sides must have the same "
-                f"number of tables. Received tables={tables!r}"
-            )
-        return cls(
-            tables=tables,
-            d_max=observation.d_max,
-            num_users=observation.num_users,
-            num_items=observation.num_items,
-            digest=_digest(observation.user_frequencies, observation.item_frequencies),
-            user_frequencies=np.asarray(observation.user_frequencies, np.int64),
-            item_frequencies=np.asarray(observation.item_frequencies, np.int64),
-        )
-
-    @property
-    def tables_per_side(self) -> int:
-        """Tables per side (1, or 2 for NCF)."""
-        return sum(1 for v in self.tables.values() if v == "user")
-
-    @property
-    def num_entities(self) -> int:
-        """Users plus items."""
-        return self.num_users + self.num_items
-
-    @property
-    def num_rows(self) -> int:
-        """Rows of every table together: the N of the budget."""
-        return self.tables_per_side * self.num_entities
-
-    def budget(self, sparsity: float) -> Budget:
-        """The budget for ``sparsity`` at this problem's ``d_max``."""
-        return Budget(sparsity=sparsity, d_max=self.d_max)
-
-    def max_params(self, sparsity: float) -> int:
-        """B(c) = floor((1 - c) * d_max * N) usable parameters."""
-        return self.budget(sparsity).max_params_for(self.num_rows)
-
-    def size_limit(self, sparsity: float) -> int:
-        """Largest total of entity sizes whose parameters fit B(c); raises if < 1 per entity.
-
-        Raises:
-            BudgetInfeasibleError: the budget cannot give every entity size 1.
-        """
-        limit = self.max_params(sparsity) // self.tables_per_side
-        if limit < self.num_entities:
-            raise BudgetInfeasibleError(
-                f"sparsity={sparsity:g} leaves {self.max_params(sparsity)} parameters for "
-                f"{self.num_rows} rows: fewer than one per row (d_max={self.d_max})."
-            )
-        return limit
-
-    def plan(self, user_sizes: np.ndarray, item_sizes: np.ndarray) -> SizePlan:
-        """The plan giving every user-side table ``user_sizes`` and item-side ``item_sizes``."""
-        return SizePlan(
-            {n: (user_sizes if s == "user" else item_sizes) for n, s in self.tables.items()}
-        )
-
-    def sizes(self, plan: SizePlan) -> tuple[np.ndarray, np.ndarray]:
-        """The (user, item) size vectors of a plan."""
-        user = next(n for n, s in self.tables.items() if s == "user")
-        item = next(n for n, s in self.tables.items() if s == "item")
-        return plan[user], plan[item]
-
-    @property
-    def has_frequencies(self) -> bool:
-        """True when the frequency arrays are known."""
-        return self.user_frequencies is not None
-
-    def with_frequencies(self, user: np.ndarray, item: np.ndarray) -> Problem:
-        """The same problem with its frequency arrays (checked against the digest)."""
-        if _digest(user, item) != self.digest:
-            raise ValueError(
-                "The frequency arrays differ from the ones this controller was started with."
-            )
-        return Problem(
-            tables=self.tables,
-            d_max=self.d_max,
-            num_users=self.num_users,
-            num_items=self.num_items,
-            digest=self.digest,
-            user_frequencies=np.asarray(user, np.int64),
-            item_frequencies=np.asarray(item, np.int64),
-        )
-
-    def to_dict(self) -> dict:
-        """JSON form without the frequency arrays (they go to the .npz)."""
-        return {
-            "tables": dict(self.tables),
-            "d_max": self.d_max,
-            "num_users": self.num_users,
-            "num_items": self.num_items,
-            "digest": self.digest,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Problem:
-        """Inverse of `to_dict` (no frequency arrays)."""
-        return cls(
-            tables=dict(d["tables"]),
-            d_max=int(d["d_max"]),
-            num_users=int(d["num_users"]),
-            num_items=int(d["num_items"]),
-            digest=str(d["digest"]),
-        )
-
-    def same_as(self, observation: Observation) -> str | None:
-        """None if ``observation`` describes this problem, else what differs."""
-        if dict(observation.tables) != dict(self.tables):
-            return f"tables {dict(observation.tables)} != {dict(self.tables)}"
-        if observation.d_max != self.d_max:
-            return f"d_max {observation.d_max} != {self.d_max}"
-        if (observation.num_users, observation.num_items) != (self.num_users, self.num_items):
-            return (
-                f"(num_users, num_items) ({observation.num_users}, {observation.num_items}) "
-                f"!= ({self.num_users}, {self.num_items})"
-            )
-        if _digest(observation.user_frequencies, observation.item_frequencies) != self.digest:
-            return "the training frequencies differ"
-        return None
 
 
 # Helpers ------------------------------------------------------------------------------------
@@ -425,24 +101,6 @@ def uniform_size(sparsity: float, d_max: int) -> int:
     return int(math.floor((1 - Fraction(repr(float(sparsity)))) * d_max))
 
 
-def fitness_of(feedback: Feedback) -> float | None:
-    """The number controllers maximise: the quality ratio to the full model, else the quality.
-
-    Returns None for a failed step.
-    """
-    if not feedback.ok:
-        return None
-    if feedback.quality_ratio is not None:
-        return float(feedback.quality_ratio)
-    return float(feedback.quality)
-
-
-def _records() -> Any:
-    from tfembsize.search import records
-
-    return records
-
-
 # Controller ---------------------------------------------------------------------------------
 class Controller(abc.ABC):
     """Base class of embedding-size controllers (ask/tell, resumable, seeded).
@@ -478,6 +136,11 @@ class Controller(abc.ABC):
     """
 
     name: ClassVar[str] = "controller"
+    budgeted_decisions: ClassVar[bool] = True
+    """True: every decision carries a budget its plan satisfies (asserted in `ask`). False:
+    search decisions may have ``budget=None`` (e.g. an RL controller's exploration steps);
+    a decision that does carry a budget is still checked, and so is every result
+    (`best_plan`)."""
 
     def __init__(self, sparsity: float | Sequence[float], *, seed: int | None = None) -> None:
         self._sparsities = validate_sparsities(sparsity)
@@ -577,8 +240,7 @@ class Controller(abc.ABC):
             ValueError: the observation describes a different problem from the first one.
             BudgetInfeasibleError: a target sparsity leaves less than one parameter per row.
         """
-        records = _records()
-        if not isinstance(observation, records.Observation):
+        if not isinstance(observation, Observation):
             raise TypeError(
                 "`observation` must be a tfembsize.search.Observation. Received: "
                 f"{type(observation).__name__}"
@@ -634,8 +296,7 @@ class Controller(abc.ABC):
                 f"`decision` (id={decision.id}) was changed after ask(); tell the decision "
                 "object that ask() returned."
             )
-        records = _records()
-        if not isinstance(feedback, records.Feedback):
+        if not isinstance(feedback, Feedback):
             raise TypeError(
                 "`feedback` must be a tfembsize.search.Feedback. Received: "
                 f"{type(feedback).__name__}"
@@ -692,7 +353,13 @@ class Controller(abc.ABC):
                 f"({observation.num_users}, {observation.num_items})."
             )
         if decision.budget is None:
-            raise ValueError(f"{type(self).__name__} returned a decision without a budget.")
+            if self.budgeted_decisions:
+                raise ValueError(
+                    f"{type(self).__name__} returned a decision without a budget; set the "
+                    "class attribute `budgeted_decisions = False` if its search steps are "
+                    "deliberately unbudgeted (its results are still budget-checked)."
+                )
+            return
         if decision.budget.sparsity not in self._sparsities:
             raise ValueError(
                 f"Decision budget sparsity {decision.budget.sparsity} is not a target "
@@ -711,11 +378,18 @@ class Controller(abc.ABC):
                 )
             sparsity = self._sparsities[0]
         sparsity = self._check_sparsity(sparsity)
-        return self._best_plan(sparsity)
+        return self._checked_result(sparsity)
 
     def best_plans(self) -> dict[float, SizePlan | None]:
         """`best_plan` for every target sparsity."""
-        return {c: self._best_plan(c) for c in self._sparsities}
+        return {c: self._checked_result(c) for c in self._sparsities}
+
+    def _checked_result(self, sparsity: float) -> SizePlan | None:
+        """The subclass's answer for ``sparsity``, asserted within B(sparsity)."""
+        plan = self._best_plan(sparsity)
+        if plan is not None and self._problem is not None:
+            plan.check(self._problem.budget(sparsity))  # every result within its budget
+        return plan
 
     def _check_sparsity(self, sparsity: float) -> float:
         s = float(sparsity)
@@ -814,24 +488,38 @@ class Controller(abc.ABC):
         self._state_before_ask = None
         self._set_state(state["controller"])
 
-    def save(self, directory: str | os.PathLike) -> None:
+    def save(
+        self, directory: str | os.PathLike, *, logs_directory: str | os.PathLike | None = None
+    ) -> None:
         """Writes the state into ``directory``: JSON, ``.npz`` buffers, network checkpoint.
 
         Files of one save share a generation number; ``controller.json`` (written last,
         atomically) names the generation, so a save interrupted at any point leaves the
-        previous one readable.
+        previous one readable. Growing buffers (`_array_logs`, e.g. a replay buffer) are not
+        rewritten: only their new rows are appended as chunk files to ``logs_directory``
+        (default ``directory/logs``), and ``controller.json`` records how many rows each
+        save commits. A search run passes one logs folder for the whole run, so each row is
+        written once.
+
+        Args:
+            directory: where the state goes.
+            logs_directory: where the growing buffers are appended (kept across saves).
         """
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         manifest = os.path.join(directory, "controller.json")
         generation = 0
         if os.path.exists(manifest):
-            with open(manifest, encoding="utf-8") as f:
-                generation = int(json.load(f).get("generation", -1)) + 1
+            previous = _io.read_json(manifest, what="saved controller")
+            generation = int(previous.get("generation", -1)) + 1
         state = self.get_state()
-        arrays = self._all_arrays()
         arrays_file = f"arrays-{generation:06d}.npz"
-        _write_npz(os.path.join(directory, arrays_file), arrays)
+        _io.write_npz(os.path.join(directory, arrays_file), self._all_arrays())
+        logs_dir = os.path.join(directory, "logs") if logs_directory is None else logs_directory
+        logs = {}
+        for name, log in self._array_logs().items():
+            length = log.flush(os.path.join(logs_dir, name))
+            logs[name] = length
         trackables = self._trackables()
         networks = None
         if trackables:
@@ -839,20 +527,19 @@ class Controller(abc.ABC):
 
             networks = f"networks-{generation:06d}"
             tf.train.Checkpoint(**trackables).write(os.path.join(directory, networks))
-        payload = {
-            "format": _STATE_FORMAT + ".files",
-            "version": 1,
-            "generation": generation,
-            "arrays": arrays_file,
-            "networks": networks,
-            "state": state,
-        }
-        tmp = f"{manifest}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, manifest)
+        _io.write_json(
+            manifest,
+            {
+                "generation": generation,
+                "arrays": arrays_file,
+                "networks": networks,
+                "logs_directory": os.path.relpath(os.fspath(logs_dir), directory) if logs else None,
+                "logs": logs,
+                "state": state,
+            },
+            format=_STATE_FORMAT + ".files",
+            indent=None,
+        )
         keep = {arrays_file, networks}
         for entry in os.listdir(directory):
             m = re.match(r"^(arrays|networks)-(\d{6})", entry)
@@ -863,25 +550,42 @@ class Controller(abc.ABC):
             ):
                 os.remove(os.path.join(directory, entry))
 
+    @staticmethod
+    def _read_manifest(directory: str | os.PathLike) -> dict:
+        directory = os.fspath(directory)
+        manifest = os.path.join(directory, "controller.json")
+        if not os.path.exists(manifest):
+            raise FileNotFoundError(f"No saved controller in {directory!r} (no controller.json).")
+        return dict(
+            _io.read_json(
+                manifest, format=_STATE_FORMAT + ".files", max_version=1, what="saved controller"
+            )
+        )
+
     def restore(self, directory: str | os.PathLike) -> None:
         """Reads a state written by `save` (into a controller with the same config).
 
         Raises:
             FileNotFoundError: ``directory`` holds no saved controller.
             ValueError: the saved state is of another class or configuration.
+            tfembsize.errors.StateFileError: a saved file is damaged.
         """
         directory = os.fspath(directory)
-        manifest = os.path.join(directory, "controller.json")
-        if not os.path.exists(manifest):
-            raise FileNotFoundError(f"No saved controller in {directory!r} (no controller.json).")
-        with open(manifest, encoding="utf-8") as f:
-            payload = json.load(f)
-        if payload.get("format") != _STATE_FORMAT + ".files":
-            raise ValueError(f"{manifest} is not a saved tfembsize controller.")
+        payload = self._read_manifest(directory)
         self.set_state(payload["state"])
-        with np.load(os.path.join(directory, payload["arrays"]), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays = _io.read_npz(os.path.join(directory, payload["arrays"]), what="controller arrays")
         self._set_all_arrays(arrays)
+        lengths = payload.get("logs") or {}
+        live = self._array_logs()
+        if sorted(lengths) != sorted(live):
+            raise ValueError(
+                f"The saved controller in {directory!r} has buffers {sorted(lengths)}; "
+                f"{type(self).__name__} has {sorted(live)}."
+            )
+        if lengths:
+            logs_dir = os.path.join(directory, payload["logs_directory"])
+            for name, log in live.items():
+                log.reload(os.path.join(logs_dir, name), int(lengths[name]))
         if payload.get("networks"):
             import tensorflow as tf
 
@@ -893,11 +597,7 @@ class Controller(abc.ABC):
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Controller:
         """A controller built from the config saved in ``directory`` and restored from it."""
-        manifest = os.path.join(os.fspath(directory), "controller.json")
-        if not os.path.exists(manifest):
-            raise FileNotFoundError(f"No saved controller in {directory!r} (no controller.json).")
-        with open(manifest, encoding="utf-8") as f:
-            config = json.load(f)["state"]["config"]
+        config = cls._read_manifest(directory)["state"]["config"]
         controller = cls.from_config(config)
         controller.restore(directory)
         return controller
@@ -955,6 +655,10 @@ class Controller(abc.ABC):
     def _trackables(self) -> dict[str, Any]:
         return {}
 
+    def _array_logs(self) -> dict[str, _io.AppendOnlyArrays]:
+        """Growing buffers saved incrementally (e.g. a replay buffer), by name."""
+        return {}
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(sparsity={self._sparsities}, seed={self._seed}, "
@@ -976,16 +680,3 @@ def set_generator_state(rng: np.random.Generator, state: Mapping[str, Any]) -> N
             f"{type(rng.bit_generator).__name__}."
         )
     rng.bit_generator.state = dict(state)
-
-
-def _write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -57,7 +57,7 @@ class StaticController(Controller):
 
     def plans(self, observation: Any) -> dict[float, SizePlan]:
         """Every target sparsity's plan for ``observation`` (does not change the run state)."""
-        from tfembsize.search.records import Observation
+        from tfembsize.records import Observation
 
         if not isinstance(observation, Observation):
             raise TypeError(

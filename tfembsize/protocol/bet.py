@@ -50,7 +50,7 @@ from typing import Any
 
 from tfembsize.plan import SizePlan
 from tfembsize.protocol.runner import MethodContext, MethodOutput, Retrained
-from tfembsize.search.records import Feedback
+from tfembsize.records import Feedback
 
 __all__ = [
     "BETSettings",

@@ -41,9 +41,9 @@ from tfembsize.budget import Budget
 from tfembsize.plan import SizePlan
 from tfembsize.protocol.paper import PAPER_METHOD_LABELS, PAPER_SOURCES, paper_cell
 from tfembsize.protocol.registry import Method, get_method
+from tfembsize.records import Feedback, Observation
 from tfembsize.search._training import accepts_keyword
 from tfembsize.search.environment import feedback_from_ranking, infer_tables, model_scorer
-from tfembsize.search.records import Feedback, Observation
 
 __all__ = [
     "MethodContext",

@@ -7,6 +7,7 @@ Example:
     >>> result.best_plan.apply(env.model)  # doctest: +SKIP
 """
 
+from tfembsize.records import MODES, Feedback, Observation, StepRecord
 from tfembsize.search.callbacks import (
     LoggingCallback,
     ProgbarCallback,
@@ -22,7 +23,6 @@ from tfembsize.search.environment import (
     model_scorer,
 )
 from tfembsize.search.loop import SearchResult, load_history, run, step_score
-from tfembsize.search.records import MODES, Feedback, Observation, StepRecord
 
 __all__ = [
     "Environment",

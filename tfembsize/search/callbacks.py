@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tfembsize.search.records import Feedback, Observation, StepRecord
+from tfembsize.records import Feedback, Observation, StepRecord
 
 __all__ = [
     "SearchCallback",

@@ -58,7 +58,7 @@ import numpy as np
 
 from tfembsize.layers.utils import find_searchable_layers
 from tfembsize.plan import SizePlan
-from tfembsize.search.records import MODES, Feedback, Observation
+from tfembsize.records import MODES, Feedback, Observation
 
 __all__ = [
     "Environment",

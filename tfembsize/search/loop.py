@@ -19,6 +19,8 @@ Directory layout (everything JSON or ``.npz``; no pickle)::
                              the step's wall-clock ``elapsed`` seconds)
     steps/000012.npz         plan and per-entity arrays of step 12
     checkpoints/000012/      controller.save(...) and env.save_state(...) after step 12
+    controller_logs/         the controller's growing buffers, appended chunk by chunk (each
+                             checkpoint records how many rows it commits)
     env/                     the environment's persistent files (e.g. the pretrained model)
     tensorboard/             tf.summary scalars per step
     best_plan.json           the best plan found so far (`SearchResult.best_plan`)
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -44,8 +45,11 @@ from typing import Any
 
 import numpy as np
 
+from tfembsize import _io
 from tfembsize.budget import Budget
+from tfembsize.controllers.base import Controller
 from tfembsize.plan import SizePlan
+from tfembsize.records import Decision, Feedback, StepRecord, step_score
 from tfembsize.search.callbacks import (
     CallbackList,
     LoggingCallback,
@@ -54,7 +58,6 @@ from tfembsize.search.callbacks import (
     TensorBoardCallback,
 )
 from tfembsize.search.environment import Environment, StatefulEnvironment
-from tfembsize.search.records import MODES, Feedback, StepRecord
 
 __all__ = ["run", "SearchResult", "load_history", "step_score"]
 
@@ -64,14 +67,6 @@ _RUN_FORMAT = "tfembsize.SearchRun"
 
 
 # Result ------------------------------------------------------------------------------------
-def step_score(record: StepRecord) -> float:
-    """The number a step is ranked by: the quality ratio, else the quality (-inf if failed)."""
-    fb = record.feedback
-    if not fb.ok:
-        return -math.inf
-    return fb.quality_ratio if fb.quality_ratio is not None else fb.quality
-
-
 @dataclass(frozen=True, eq=False)
 class SearchResult:
     """What `run` returns.
@@ -171,47 +166,19 @@ def _best(records: Sequence[StepRecord], plan: SizePlan | None = None) -> StepRe
     return max(ok, key=lambda r: (step_score(r), -r.iteration))
 
 
-def _controller_budgets(controller: Any, d_max: int) -> dict[float, Budget]:
-    """The controller's target budgets by sparsity, read from its public attributes."""
-    budgets: dict[float, Budget] = {}
-    for attr in ("budgets", "budget"):
-        value = getattr(controller, attr, None)
-        if value is None:
-            continue
-        items = value.values() if isinstance(value, Mapping) else value
-        items = [items] if isinstance(items, Budget) else list(items)
-        for b in items:
-            if isinstance(b, Budget) and b.sparsity is not None:
-                budgets[b.sparsity] = b
-        if budgets:
-            return budgets
-    for attr in ("sparsities", "sparsity"):
-        value = getattr(controller, attr, None)
-        if value is None:
-            continue
-        values = [value] if isinstance(value, (int, float)) else list(value)
-        for s in values:
-            budgets[float(s)] = Budget(sparsity=float(s), d_max=d_max)
-        if budgets:
-            return budgets
-    return budgets
-
-
 def _summarise(
     history: Sequence[StepRecord],
     budgets: Mapping[float, Budget],
     reference: Feedback | None,
     directory: str,
     finished: bool,
-    controller: Any = None,
+    controller: Controller,
 ) -> SearchResult:
     chosen: dict[float, SizePlan] = {}
-    best_plans = getattr(controller, "best_plans", None)
-    if callable(best_plans):
-        for s, plan in best_plans().items():
-            if plan is not None:
-                plan.check(budgets.get(float(s)) or Budget(sparsity=float(s)))
-                chosen[float(s)] = plan
+    for s, plan in controller.best_plans().items():
+        if plan is not None:
+            plan.check(budgets[float(s)])  # every result is within its budget, asserted
+            chosen[float(s)] = plan
     per: dict[float, StepRecord | None] = {}
     for s in sorted(budgets):
         b = budgets[s]
@@ -234,32 +201,15 @@ def _summarise(
 
 
 # Persistence -------------------------------------------------------------------------------
-def _write_json_atomic(path: str, payload: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _step_file(directory: str, iteration: int) -> str:
     return os.path.join(directory, "steps", f"{iteration:06d}.npz")
 
 
 def _save_step(directory: str, record: StepRecord) -> dict:
     """Writes the step's arrays and returns its history line."""
-    import io
-
     arrays = {f"plan:{k}": v for k, v in record.plan.items()}
     arrays.update({f"feedback:{k}": v for k, v in record.feedback.arrays().items()})
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    path = _step_file(directory, record.iteration)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
+    _io.write_npz(_step_file(directory, record.iteration), arrays)
     return {
         "iteration": record.iteration,
         "mode": record.mode,
@@ -272,9 +222,9 @@ def _save_step(directory: str, record: StepRecord) -> dict:
 
 def _load_step(directory: str, line: Mapping[str, Any]) -> StepRecord:
     it = int(line["iteration"])
-    with np.load(_step_file(directory, it), allow_pickle=False) as z:
-        plan = SizePlan({k[5:]: z[k] for k in z.files if k.startswith("plan:")})
-        arrays = {k[9:]: z[k] for k in z.files if k.startswith("feedback:")}
+    z = _io.read_npz(_step_file(directory, it), what="search step")
+    plan = SizePlan({k[5:]: v for k, v in z.items() if k.startswith("plan:")})
+    arrays = {k[9:]: v for k, v in z.items() if k.startswith("feedback:")}
     return StepRecord(
         iteration=it,
         plan=plan,
@@ -298,11 +248,7 @@ def _read_run(directory: str) -> dict | None:
     path = os.path.join(directory, "run.json")
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        state = json.load(f)
-    if state.get("format") != _RUN_FORMAT:
-        raise ValueError(f"{path} is not a tfembsize search run (format={state.get('format')!r}).")
-    return state
+    return dict(_io.read_json(path, format=_RUN_FORMAT, max_version=1, what="search run state"))
 
 
 def _read_history(directory: str, completed: int) -> list[StepRecord]:
@@ -336,86 +282,26 @@ def _rewrite_history(directory: str, history: Sequence[StepRecord]) -> None:
     os.replace(tmp, path)
 
 
-def _append_line(path: str, payload: Mapping[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(payload) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _controller_extra(controller: Any) -> dict[str, float]:
-    """Numeric diagnostics a controller exposes after `tell` (``last_info``/``metrics()``)."""
-    extra = getattr(controller, "last_info", None)
-    if callable(extra):
-        extra = extra()
-    if extra is None:
-        metrics = getattr(controller, "metrics", None)
-        extra = metrics() if callable(metrics) else metrics
-    if not isinstance(extra, Mapping):
-        return {}
-    out = {}
-    for k, v in extra.items():
-        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
-            out[str(k)] = float(v)
-    return out
-
-
-def _controller_done(controller: Any) -> bool:
-    for attr in ("done", "is_done", "finished"):
-        value = getattr(controller, attr, None)
-        if value is None:
-            continue
-        return bool(value() if callable(value) else value)
-    return False
-
-
-def _controller_target(controller: Any) -> int | None:
-    for attr in ("num_iterations", "max_iterations", "iterations"):
-        value = getattr(controller, attr, None)
-        if callable(value):
-            value = value()
-        if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0:
-            return int(value)
-    return None
-
-
-def _validate_decision(decision: Any, iteration: int) -> tuple[SizePlan, str, dict]:
-    plan = getattr(decision, "plan", None)
-    if not isinstance(plan, SizePlan):
-        raise TypeError(
-            f"controller.ask() must return a decision with a `plan` SizePlan. Received at "
-            f"iteration {iteration}: {decision!r}"
-        )
-    mode = getattr(decision, "mode", "scratch")
-    if mode not in MODES:
-        raise ValueError(
-            f"The decision's `mode` must be one of {MODES}. Received: mode={mode!r} at "
-            f"iteration {iteration}."
-        )
-    budget = getattr(decision, "budget", None)
-    if isinstance(budget, Budget):
-        plan.check(budget)  # the guarantee, asserted before any step runs
-    info = getattr(decision, "info", None) or {}
-    if not isinstance(info, Mapping):
-        info = {}
-    clean = {}
-    for k, v in info.items():
-        if isinstance(v, np.generic):
-            v = v.item()
-        if v is None or isinstance(v, (bool, int, float, str)):
-            clean[str(k)] = v
-    if isinstance(budget, Budget) and budget.sparsity is not None:
-        clean.setdefault("sparsity", budget.sparsity)
-    for name in ("phase", "train_steps", "train_epochs"):
-        value = getattr(decision, name, None)
+def _decision_info(decision: Decision) -> dict:
+    """The scalar entries of a decision's info, with its sparsity, phase and length."""
+    info = {
+        str(k): v
+        for k, v in decision.info.items()
+        if v is None or isinstance(v, (bool, int, float, str))
+    }
+    if decision.sparsity is not None:
+        info.setdefault("sparsity", decision.sparsity)
+    info.setdefault("phase", decision.phase)
+    for name in ("train_steps", "train_epochs"):
+        value = getattr(decision, name)
         if value is not None:
-            clean.setdefault(name, value)
-    return plan, mode, clean
+            info.setdefault(name, value)
+    return info
 
 
 # The loop ----------------------------------------------------------------------------------
 def run(
-    controller: Any,
+    controller: Controller,
     env: Environment,
     directory: str | os.PathLike,
     *,
@@ -428,13 +314,9 @@ def run(
     """Runs a search: ask -> step -> tell until the controller is done, resumable.
 
     Args:
-        controller: an object with ``ask(observation) -> decision`` (the decision has a
-            `SizePlan` ``plan``, a ``mode`` in ``("scratch", "snapshot", "continue")`` and
-            optionally a ``budget`` that the plan is checked against and an ``info`` dict),
-            ``tell(decision, feedback)``, ``save(directory)`` and ``restore(directory)``;
-            it may expose ``done`` (bool or callable), ``num_iterations`` (for the progress
-            bar), ``budgets``/``sparsities`` (for `SearchResult.per_sparsity`) and
-            ``last_info`` (numeric diagnostics logged to TensorBoard after each step).
+        controller: a `tfembsize.controllers.Controller` (it validates its own decisions
+            and asserts their budgets; its ``metrics()`` are logged after every step and its
+            ``best_plans()`` are the answers, asserted within their budgets).
         env: the environment (`tfembsize.search.Environment`).
         directory: run directory; created if missing. An existing run there is resumed.
         iterations: total number of steps to reach (counting steps of a resumed run). None
@@ -448,8 +330,11 @@ def run(
         A `SearchResult`.
 
     Raises:
-        ValueError: bad arguments, a damaged run directory, or a decision that breaks the
-            bounds; `tfembsize.BudgetExceededError` if a decision breaks its own budget.
+        TypeError: ``controller`` is not a `Controller`, or ``env.step`` returned no
+            `Feedback`.
+        ValueError: bad arguments, or a run of another controller in ``directory``.
+        tfembsize.errors.StateFileError: a damaged run directory.
+        tfembsize.BudgetExceededError: a result breaks its budget (never expected).
 
     Example:
         >>> result = run(controller, env, "runs/bet-gowalla", iterations=50)  # doctest: +SKIP
@@ -461,14 +346,12 @@ def run(
         raise TypeError(f"`iterations` must be an integer or None. Received: {iterations!r}")
     if iterations is not None and iterations < 0:
         raise ValueError(f"`iterations` must be >= 0. Received: iterations={iterations}")
-    target = int(iterations) if iterations is not None else _controller_target(controller)
-    if iterations is None and not any(
-        getattr(controller, a, None) is not None for a in ("done", "is_done", "finished")
-    ):
-        raise ValueError(
-            "`iterations` is None and the controller has no `done` attribute: the loop would "
-            "never stop. Pass iterations=N."
+    if not isinstance(controller, Controller):
+        raise TypeError(
+            "`controller` must be a tfembsize.controllers.Controller (subclass it and implement "
+            f"_ask, _tell and _is_done). Received: {type(controller).__name__}"
         )
+    target = int(iterations) if iterations is not None else controller.num_iterations
     directory = os.fspath(directory)
     if overwrite and os.path.exists(directory):
         shutil.rmtree(directory)
@@ -501,7 +384,7 @@ def run(
         open(history_path, "w").close()
 
     base = env.observation()  # may pretrain the reference model (persisted by the env)
-    budgets = _controller_budgets(controller, base.d_max)
+    budgets = {c: Budget(sparsity=c, d_max=base.d_max) for c in controller.sparsities}
     cbs: list[SearchCallback] = [LoggingCallback()]
     if verbose:
         cbs.append(ProgbarCallback(verbose))
@@ -518,7 +401,7 @@ def run(
         if iterations is not None and it >= iterations:
             finished = True
             break
-        if iterations is None and _controller_done(controller):
+        if iterations is None and controller.done:
             finished = True
             break
         t0 = mark if mark is not None else time.perf_counter()
@@ -528,23 +411,27 @@ def run(
             plan=None if last is None else last.plan,
             feedback=None if last is None else last.feedback,
         )
-        decision = controller.ask(obs)
-        plan, mode, info = _validate_decision(decision, it)
+        decision = controller.ask(obs)  # validated by the controller, budget asserted
         kwargs: dict[str, Any] = {}
-        for name in ("train_steps", "train_epochs"):
-            value = getattr(decision, name, None)
-            if value is not None:
-                kwargs[name] = value
-        phase = getattr(decision, "phase", None)
-        if phase is not None and phase != "search":
-            kwargs["phase"] = phase
-        feedback = env.step(plan, mode, **kwargs)
+        if decision.train_steps is not None:
+            kwargs["train_steps"] = decision.train_steps
+        if decision.train_epochs is not None:
+            kwargs["train_epochs"] = decision.train_epochs
+        if decision.phase != "search":
+            kwargs["phase"] = decision.phase
+        feedback = env.step(decision.plan, decision.mode, **kwargs)
         if not isinstance(feedback, Feedback):
             raise TypeError(f"env.step() must return a Feedback. Received {feedback!r}.")
         if not feedback.ok:
             logger.warning("Step %d failed: %s", it, feedback.message)
         controller.tell(decision, feedback)
-        record = StepRecord(iteration=it, plan=plan, mode=mode, feedback=feedback, info=info)
+        record = StepRecord(
+            iteration=it,
+            plan=decision.plan,
+            mode=decision.mode,
+            feedback=feedback,
+            info=_decision_info(decision),
+        )
         record, mark = _commit(
             directory, record, controller, env if stateful else None, history_path, t0
         )
@@ -552,11 +439,11 @@ def run(
         result_so_far = _summarise(history, budgets, base.reference, directory, False, controller)
         if result_so_far.best_plan is not None:
             result_so_far.best_plan.save(os.path.join(directory, "best_plan.json"))
-        cb.on_step_end(record, extra=_controller_extra(controller))
+        cb.on_step_end(record, extra=controller.metrics())
 
     state = _read_run(directory) or _new_run_state(controller)
     state["finished"] = finished
-    _write_json_atomic(os.path.join(directory, "run.json"), state)
+    _io.write_json(os.path.join(directory, "run.json"), state)
     result = _summarise(history, budgets, base.reference, directory, finished, controller)
     _write_result(directory, result)
     cb.on_search_end(result)
@@ -582,7 +469,7 @@ def _write_result(directory: str, result: SearchResult) -> None:
     for s, plan in result.plans.items():
         if plan is not None:
             plan.save(os.path.join(directory, "plans", f"c{s:g}.json"))
-    _write_json_atomic(
+    _io.write_json(
         os.path.join(directory, "result.json"),
         {
             "steps": len(result.history),
@@ -624,21 +511,24 @@ def _commit(
     now = time.perf_counter()
     record = replace(record, elapsed=now - started)
     line = _save_step(directory, record)
-    _append_line(history_path, line)
+    _io.append_jsonl(history_path, line)
     name = f"{record.iteration:06d}"
     ckpt_rel = os.path.join("checkpoints", name)
     ckpt_dir = os.path.join(directory, ckpt_rel)
     if os.path.exists(ckpt_dir):
         shutil.rmtree(ckpt_dir)
     os.makedirs(os.path.join(ckpt_dir, "controller"))
-    controller.save(os.path.join(ckpt_dir, "controller"))
+    controller.save(
+        os.path.join(ckpt_dir, "controller"),
+        logs_directory=os.path.join(directory, "controller_logs"),
+    )
     if env is not None:
         os.makedirs(os.path.join(ckpt_dir, "env"))
         env.save_state(os.path.join(ckpt_dir, "env"))
     state = _read_run(directory) or _new_run_state(controller)
     previous = state.get("checkpoint")
     state.update(completed=record.iteration + 1, checkpoint=ckpt_rel, finished=False)
-    _write_json_atomic(os.path.join(directory, "run.json"), state)
+    _io.write_json(os.path.join(directory, "run.json"), state)
     if previous and previous != ckpt_rel:
         shutil.rmtree(os.path.join(directory, previous), ignore_errors=True)
     return record, now

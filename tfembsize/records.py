@@ -1,4 +1,13 @@
-"""Typed records exchanged between a search environment, a controller and the search loop.
+"""The shared vocabulary of controllers, environments and the search loop.
+
+This module sits below both `tfembsize.controllers` and `tfembsize.search` (it imports
+neither), so every part of the package speaks the same typed records:
+
+* `Decision`: what a controller asks the environment to do (a plan, a mode, a budget).
+* `StepRecord`: one completed step of a search (decision, plan, feedback).
+* `Problem`: the fixed facts a controller keeps from the first observation.
+* `MODES`, `PHASES`, `STATUSES`, `SIDES` and the one fitness rule, `fitness_of` (with
+  `step_score`, the same number with failed steps ranked last).
 
 Two records carry everything a controller ever sees of the recommender:
 
@@ -17,6 +26,8 @@ pickle).
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 import os
@@ -26,16 +37,37 @@ from typing import Any
 
 import numpy as np
 
+from tfembsize import _io
+from tfembsize.budget import Budget
+from tfembsize.errors import BudgetInfeasibleError
 from tfembsize.plan import SizePlan
 
-__all__ = ["Feedback", "Observation", "StepRecord", "MODES", "STATUSES", "SIDES"]
+__all__ = [
+    "Decision",
+    "Feedback",
+    "Observation",
+    "Problem",
+    "StepRecord",
+    "MODES",
+    "PHASES",
+    "STATUSES",
+    "SIDES",
+    "fitness_of",
+    "json_clean",
+    "step_score",
+]
 
 MODES = ("scratch", "snapshot", "continue")
 """Environment modes: train from fresh initialisation, from the stored snapshot, or on."""
 
+PHASES = ("search", "final")
+"""``"search"``: a step of the search itself; ``"final"``: a candidate result trained in
+full (e.g. BET's selective retraining, or the single plan of a baseline)."""
+
 STATUSES = ("ok", "failed")
 SIDES = ("user", "item")
 
+_DECISION_FORMAT = "tfembsize.Decision"
 _FEEDBACK_FORMAT = "tfembsize.Feedback"
 _OBSERVATION_FORMAT = "tfembsize.Observation"
 _FEEDBACK_ARRAYS = ("user_quality", "item_quality", "user_quality_ratio", "item_quality_ratio")
@@ -54,8 +86,13 @@ def _frozen_array(name: str, value: Any, dtype: Any, *, allow_none: bool = False
     return arr
 
 
-def _json_scalar(name: str, value: Any) -> Any:
-    """Converts numpy scalars to Python ones and rejects what JSON cannot hold."""
+def json_clean(name: str, value: Any) -> Any:
+    """``value`` with numpy scalars made Python ones; raises TypeError for what JSON can't hold.
+
+    Args:
+        name: the argument's name, for the error message.
+        value: numbers, strings, None, and lists/tuples/mappings of them.
+    """
     if isinstance(value, np.generic):
         value = value.item()
     if value is None or isinstance(value, (bool, int, str)):
@@ -63,9 +100,9 @@ def _json_scalar(name: str, value: Any) -> Any:
     if isinstance(value, float):
         return value
     if isinstance(value, Mapping):
-        return {str(k): _json_scalar(f"{name}[{k!r}]", v) for k, v in value.items()}
+        return {str(k): json_clean(f"{name}[{k!r}]", v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_scalar(f"{name}[{i}]", v) for i, v in enumerate(value)]
+        return [json_clean(f"{name}[{i}]", v) for i, v in enumerate(value)]
     raise TypeError(
         f"`{name}` must hold JSON values (numbers, strings, lists, dicts). Received "
         f"{type(value).__name__}."
@@ -97,19 +134,84 @@ def _arrays_equal(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     return a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def _file_kind(path: str, what: str) -> str:
     if path.endswith(".json"):
         return "json"
     if path.endswith(".npz"):
         return "npz"
     raise ValueError(f"{what} files end in .json or .npz. Received path={path!r}")
+
+
+# Table layout -------------------------------------------------------------------------------
+class _TableLayout:
+    """Table bookkeeping shared by `Observation` and `Problem`.
+
+    Subclasses provide ``tables`` (layer name -> ``"user"``/``"item"``), ``num_users``,
+    ``num_items`` and ``d_max``.
+    """
+
+    tables: Mapping[str, str]
+    d_max: int
+    num_users: int
+    num_items: int
+
+    @property
+    def user_tables(self) -> list[str]:
+        """Names of the user-side tables."""
+        return [n for n, s in self.tables.items() if s == "user"]
+
+    @property
+    def item_tables(self) -> list[str]:
+        """Names of the item-side tables."""
+        return [n for n, s in self.tables.items() if s == "item"]
+
+    @property
+    def tables_per_side(self) -> int:
+        """Tables per side (1, or 2 for NCF's GMF and MLP tables)."""
+        return len(self.user_tables)
+
+    @property
+    def num_entities(self) -> int:
+        """Users plus items."""
+        return self.num_users + self.num_items
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of every table together: the ``N`` of the budget (NCF counts both tables)."""
+        return len(self.user_tables) * self.num_users + len(self.item_tables) * self.num_items
+
+    def budget(self, sparsity: float) -> Budget:
+        """The budget for ``sparsity`` at this ``d_max``."""
+        return Budget(sparsity=sparsity, d_max=self.d_max)
+
+    def max_params(self, sparsity: float) -> int:
+        """B(c) = floor((1 - c) * d_max * N) usable parameters."""
+        return self.budget(sparsity).max_params_for(self.num_rows)
+
+    def plan_from_sizes(self, user_sizes: Any, item_sizes: Any) -> SizePlan:
+        """Builds the `SizePlan` that gives every user- and item-side table these sizes."""
+        u = np.asarray(user_sizes)
+        i = np.asarray(item_sizes)
+        if u.shape != (self.num_users,):
+            raise ValueError(
+                f"`user_sizes` must have shape ({self.num_users},). Received shape {u.shape}."
+            )
+        if i.shape != (self.num_items,):
+            raise ValueError(
+                f"`item_sizes` must have shape ({self.num_items},). Received shape {i.shape}."
+            )
+        return SizePlan({n: (u if s == "user" else i) for n, s in self.tables.items()})
+
+    def sizes_from_plan(self, plan: SizePlan) -> tuple[np.ndarray, np.ndarray]:
+        """The (user, item) size vectors of a plan (the first table of each side)."""
+        return plan[self.user_tables[0]], plan[self.item_tables[0]]
+
+    def full_plan(self) -> SizePlan:
+        """The plan that gives every row the full width ``d_max``."""
+        return self.plan_from_sizes(
+            np.full(self.num_users, self.d_max, np.int32),
+            np.full(self.num_items, self.d_max, np.int32),
+        )
 
 
 # Feedback -----------------------------------------------------------------------------------
@@ -202,7 +304,7 @@ class Feedback:
                     )
                 set_(name, int(v))
         set_("metrics", {str(k): float(v) for k, v in dict(self.metrics).items()})
-        set_("info", _json_scalar("info", dict(self.info)))
+        set_("info", json_clean("info", dict(self.info)))
         if self.status == "ok":
             if not math.isfinite(self.quality):
                 raise ValueError(
@@ -356,13 +458,11 @@ class Feedback:
         """Writes the record atomically as ``.json`` (arrays inline) or ``.npz``."""
         path = os.fspath(path)
         if _file_kind(path, "Feedback") == "json":
-            _write_atomic(path, json.dumps(self.to_dict()).encode("utf-8"))
+            _io.write_bytes(path, json.dumps(self.to_dict()).encode("utf-8"))
             return
-        import io
-
         buf = io.BytesIO()
         np.savez(buf, __scalars__=np.array(json.dumps(self.scalars())), **self.arrays())
-        _write_atomic(path, buf.getvalue())
+        _io.write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Feedback:
@@ -381,7 +481,7 @@ class Feedback:
 
 # Observation --------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
-class Observation:
+class Observation(_TableLayout):
     """What a controller sees before deciding: the problem, the current plan, the last result.
 
     Args:
@@ -453,46 +553,6 @@ class Observation:
     def num_items(self) -> int:
         """Number of items."""
         return int(self.item_frequencies.size)
-
-    @property
-    def user_tables(self) -> list[str]:
-        """Names of the user-side tables."""
-        return [n for n, s in self.tables.items() if s == "user"]
-
-    @property
-    def item_tables(self) -> list[str]:
-        """Names of the item-side tables."""
-        return [n for n, s in self.tables.items() if s == "item"]
-
-    @property
-    def num_rows(self) -> int:
-        """Rows of every table together: the ``N`` of the budget (NCF counts both tables)."""
-        return len(self.user_tables) * self.num_users + len(self.item_tables) * self.num_items
-
-    def plan_from_sizes(self, user_sizes: Any, item_sizes: Any) -> SizePlan:
-        """Builds the `SizePlan` that gives every user- and item-side table these sizes."""
-        u = np.asarray(user_sizes)
-        i = np.asarray(item_sizes)
-        if u.shape != (self.num_users,):
-            raise ValueError(
-                f"`user_sizes` must have shape ({self.num_users},). Received shape {u.shape}."
-            )
-        if i.shape != (self.num_items,):
-            raise ValueError(
-                f"`item_sizes` must have shape ({self.num_items},). Received shape {i.shape}."
-            )
-        return SizePlan({n: (u if s == "user" else i) for n, s in self.tables.items()})
-
-    def sizes_from_plan(self, plan: SizePlan) -> tuple[np.ndarray, np.ndarray]:
-        """The (user, item) size vectors of a plan (the first table of each side)."""
-        return plan[self.user_tables[0]], plan[self.item_tables[0]]
-
-    def full_plan(self) -> SizePlan:
-        """The plan that gives every row the full width ``d_max``."""
-        return self.plan_from_sizes(
-            np.full(self.num_users, self.d_max, np.int32),
-            np.full(self.num_items, self.d_max, np.int32),
-        )
 
     def replace(self, **changes: Any) -> Observation:
         """A copy with some fields changed."""
@@ -579,7 +639,7 @@ class StepRecord:
     elapsed: float | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "info", _json_scalar("info", dict(self.info)))
+        object.__setattr__(self, "info", json_clean("info", dict(self.info)))
         if self.elapsed is not None:
             object.__setattr__(self, "elapsed", float(self.elapsed))
 
@@ -605,3 +665,297 @@ class StepRecord:
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+
+# Decision -----------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Decision:
+    """What a controller asks the environment to do next.
+
+    Args:
+        plan: the sizes to apply (a `SizePlan` naming every searchable table).
+        mode: where training starts: ``"scratch"`` (fresh initialisation), ``"snapshot"``
+            (the stored snapshot, e.g. BET's pretrained full model) or ``"continue"``.
+        budget: the budget the plan satisfies (checked by `Controller.ask` and again by the
+            loop). None only for unbudgeted methods.
+        train_steps: optimiser steps to train for; None leaves it to the environment (train
+            to convergence with validation early stopping, or its configured recipe).
+        train_epochs: the same as a number of passes over the training interactions (the
+            environment converts with its batch size); at most one of the two is set.
+        phase: ``"search"`` for a search step, ``"final"`` for a full training of a result
+            candidate (selective retraining, a baseline's single plan).
+        info: controller-specific JSON details (iteration, strategy, predicted fitness...).
+            The loop keeps the scalar entries in the run history.
+        id: sequence number set by `Controller.ask` (-1 before).
+
+    Example:
+        >>> plan = SizePlan({"user_embedding": [4, 4], "item_embedding": [4, 4, 4]})
+        >>> d = Decision(plan, "snapshot", budget=Budget(sparsity=0.5, d_max=8), train_epochs=10)
+        >>> d.sparsity
+        0.5
+    """
+
+    plan: SizePlan
+    mode: str = "scratch"
+    budget: Budget | None = None
+    train_steps: int | None = None
+    train_epochs: float | None = None
+    phase: str = "search"
+    info: Mapping[str, Any] = field(default_factory=dict)
+    id: int = -1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.plan, SizePlan):
+            raise TypeError(f"`plan` must be a SizePlan. Received {type(self.plan).__name__}.")
+        if self.mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}. Received: mode={self.mode!r}")
+        if self.phase not in PHASES:
+            raise ValueError(f"`phase` must be one of {PHASES}. Received: phase={self.phase!r}")
+        if self.budget is not None and not isinstance(self.budget, Budget):
+            raise TypeError(
+                f"`budget` must be a Budget or None. Received {type(self.budget).__name__}."
+            )
+        steps = self.train_steps
+        if steps is not None:
+            if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+                raise ValueError(
+                    f"`train_steps` must be a positive integer or None. Received: "
+                    f"train_steps={steps!r}"
+                )
+            object.__setattr__(self, "train_steps", int(steps))
+        epochs = self.train_epochs
+        if epochs is not None:
+            if (
+                isinstance(epochs, bool)
+                or not isinstance(epochs, (int, float, np.integer, np.floating))
+                or not math.isfinite(float(epochs))
+                or float(epochs) <= 0
+            ):
+                raise ValueError(
+                    f"`train_epochs` must be a positive number or None. Received: "
+                    f"train_epochs={epochs!r}"
+                )
+            object.__setattr__(self, "train_epochs", float(epochs))
+        if self.train_steps is not None and self.train_epochs is not None:
+            raise ValueError(
+                "Set at most one of `train_steps` and `train_epochs`. Received: "
+                f"train_steps={self.train_steps}, train_epochs={self.train_epochs}"
+            )
+        object.__setattr__(self, "info", json_clean("info", dict(self.info)))
+        object.__setattr__(self, "id", int(self.id))
+
+    @property
+    def sparsity(self) -> float | None:
+        """The budget's target sparsity (None without a sparsity budget)."""
+        return None if self.budget is None else self.budget.sparsity
+
+    def replace(self, **changes: Any) -> Decision:
+        """A copy with some fields changed."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Decision(**values)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Decision):
+            return NotImplemented
+        return all(getattr(self, f.name) == getattr(other, f.name) for f in fields(self))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        length = (
+            f", train_steps={self.train_steps}"
+            if self.train_steps is not None
+            else (f", train_epochs={self.train_epochs:g}" if self.train_epochs else "")
+        )
+        return (
+            f"Decision(id={self.id}, mode={self.mode!r}, phase={self.phase!r}, "
+            f"sparsity={self.sparsity}, params={self.plan.total_params()}{length})"
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (the plan's sizes as lists)."""
+        return {
+            "format": _DECISION_FORMAT,
+            "version": 1,
+            "plan": self.plan.to_dict(),
+            "mode": self.mode,
+            "budget": None if self.budget is None else self.budget.to_dict(),
+            "train_steps": self.train_steps,
+            "train_epochs": self.train_epochs,
+            "phase": self.phase,
+            "info": dict(self.info),
+            "id": self.id,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Decision:
+        """Inverse of `to_dict`."""
+        if d.get("format") != _DECISION_FORMAT:
+            raise ValueError(f"Not a serialised Decision (format={d.get('format')!r}).")
+        return cls(
+            plan=SizePlan.from_dict(d["plan"]),
+            mode=d["mode"],
+            budget=None if d.get("budget") is None else Budget.from_dict(d["budget"]),
+            train_steps=d.get("train_steps"),
+            train_epochs=d.get("train_epochs"),
+            phase=d.get("phase", "search"),
+            info=d.get("info") or {},
+            id=d.get("id", -1),
+        )
+
+
+# Problem ------------------------------------------------------------------------------------
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class Problem(_TableLayout):
+    """The fixed facts of a search, taken from the first `Observation` a controller sees.
+
+    Sizes are per *entity*: every user-side table gets the user's size and every item-side
+    table the item's. The parameter cost of one unit of size is the number of tables per
+    side (2 for NCF's GMF and MLP tables), so a budget of B parameters allows
+    ``floor(B / tables_per_side)`` units of entity size (`size_limit`).
+
+    Args:
+        tables: layer name -> ``"user"`` or ``"item"``.
+        d_max: full width.
+        user_frequencies: training interactions per user (may be None after `set_state`
+            until the next observation or `restore` supplies them).
+        item_frequencies: training interactions per item (likewise).
+        num_users: number of users.
+        num_items: number of items.
+        digest: SHA-256 of the frequency arrays, to recognise the same problem later.
+    """
+
+    tables: Mapping[str, str]
+    d_max: int
+    num_users: int
+    num_items: int
+    digest: str
+    user_frequencies: np.ndarray | None = None
+    item_frequencies: np.ndarray | None = None
+
+    @classmethod
+    def from_observation(cls, observation: Observation) -> Problem:
+        """The problem an observation describes."""
+        tables = dict(observation.tables)
+        per_side = {s: sum(1 for v in tables.values() if v == s) for s in ("user", "item")}
+        if per_side["user"] != per_side["item"]:
+            raise ValueError(
+                "Controllers size entities, so the user and item sides must have the same "
+                f"number of tables. Received tables={tables!r}"
+            )
+        return cls(
+            tables=tables,
+            d_max=observation.d_max,
+            num_users=observation.num_users,
+            num_items=observation.num_items,
+            digest=_digest(observation.user_frequencies, observation.item_frequencies),
+            user_frequencies=np.asarray(observation.user_frequencies, np.int64),
+            item_frequencies=np.asarray(observation.item_frequencies, np.int64),
+        )
+
+    def size_limit(self, sparsity: float) -> int:
+        """Largest total of entity sizes whose parameters fit B(c); raises if < 1 per entity.
+
+        Raises:
+            BudgetInfeasibleError: the budget cannot give every entity size 1.
+        """
+        limit = self.max_params(sparsity) // self.tables_per_side
+        if limit < self.num_entities:
+            raise BudgetInfeasibleError(
+                f"sparsity={sparsity:g} leaves {self.max_params(sparsity)} parameters for "
+                f"{self.num_rows} rows: fewer than one per row (d_max={self.d_max})."
+            )
+        return limit
+
+    def plan(self, user_sizes: Any, item_sizes: Any) -> SizePlan:
+        """The plan giving every user-side table ``user_sizes`` and item-side ``item_sizes``."""
+        return self.plan_from_sizes(user_sizes, item_sizes)
+
+    def sizes(self, plan: SizePlan) -> tuple[np.ndarray, np.ndarray]:
+        """The (user, item) size vectors of a plan."""
+        return self.sizes_from_plan(plan)
+
+    @property
+    def has_frequencies(self) -> bool:
+        """True when the frequency arrays are known."""
+        return self.user_frequencies is not None
+
+    def with_frequencies(self, user: np.ndarray, item: np.ndarray) -> Problem:
+        """The same problem with its frequency arrays (checked against the digest)."""
+        if _digest(user, item) != self.digest:
+            raise ValueError(
+                "The frequency arrays differ from the ones this controller was started with."
+            )
+        return Problem(
+            tables=self.tables,
+            d_max=self.d_max,
+            num_users=self.num_users,
+            num_items=self.num_items,
+            digest=self.digest,
+            user_frequencies=np.asarray(user, np.int64),
+            item_frequencies=np.asarray(item, np.int64),
+        )
+
+    def to_dict(self) -> dict:
+        """JSON form without the frequency arrays (they go to the .npz)."""
+        return {
+            "tables": dict(self.tables),
+            "d_max": self.d_max,
+            "num_users": self.num_users,
+            "num_items": self.num_items,
+            "digest": self.digest,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Problem:
+        """Inverse of `to_dict` (no frequency arrays)."""
+        return cls(
+            tables=dict(d["tables"]),
+            d_max=int(d["d_max"]),
+            num_users=int(d["num_users"]),
+            num_items=int(d["num_items"]),
+            digest=str(d["digest"]),
+        )
+
+    def same_as(self, observation: Observation) -> str | None:
+        """None if ``observation`` describes this problem, else what differs."""
+        if dict(observation.tables) != dict(self.tables):
+            return f"tables {dict(observation.tables)} != {dict(self.tables)}"
+        if observation.d_max != self.d_max:
+            return f"d_max {observation.d_max} != {self.d_max}"
+        if (observation.num_users, observation.num_items) != (self.num_users, self.num_items):
+            return (
+                f"(num_users, num_items) ({observation.num_users}, {observation.num_items}) "
+                f"!= ({self.num_users}, {self.num_items})"
+            )
+        if _digest(observation.user_frequencies, observation.item_frequencies) != self.digest:
+            return "the training frequencies differ"
+        return None
+
+
+# The fitness rule ---------------------------------------------------------------------------
+def fitness_of(feedback: Feedback) -> float | None:
+    """The number controllers maximise: the quality ratio to the full model, else the quality.
+
+    Returns None for a failed step.
+    """
+    if not feedback.ok:
+        return None
+    if feedback.quality_ratio is not None:
+        return float(feedback.quality_ratio)
+    return float(feedback.quality)
+
+
+def step_score(record: StepRecord) -> float:
+    """The number a step is ranked by: `fitness_of` its feedback, ``-inf`` if it failed."""
+    value = fitness_of(record.feedback)
+    return -math.inf if value is None else value
