@@ -26,8 +26,8 @@ from tfembsize._keras import keras  # noqa: E402
 from tfembsize.data import bpr_dataset, load_dataset  # noqa: E402
 from tfembsize.metrics import RankingEvaluator  # noqa: E402
 from tfembsize.models import TrainConfig  # noqa: E402
-from tfembsize.models.training import _chunk_runner, _prepare  # noqa: E402
 from tfembsize.protocol.backbones import get_backbone  # noqa: E402
+from tfembsize.training.loop import _chunk_runner, _prepare  # noqa: E402
 
 
 def main() -> None:
@@ -61,7 +61,10 @@ def main() -> None:
             runner = _chunk_runner(model)
             iterator = iter(bpr_dataset(split.train, args.batch_size, seed=0))
             n = tf.constant(chunk[b], tf.int32)
-            fns[b] = lambda runner=runner, iterator=iterator, n=n: runner(iterator, n).numpy()
+            zero = tf.constant(0, tf.int32)
+            fns[b] = lambda runner=runner, iterator=iterator, n=n, z=zero: runner(
+                iterator, n, z
+            ).numpy()
             evaluator.evaluate(model.ranking_scorer())  # warm-up
             t0 = time.perf_counter()
             evaluator.evaluate(model.ranking_scorer())

@@ -29,7 +29,7 @@ from common import alternate_clocks, median_ratio, write_results  # noqa: E402
 from tfembsize._keras import is_legacy_keras, keras  # noqa: E402
 from tfembsize.data import bpr_dataset, load_dataset  # noqa: E402
 from tfembsize.models import MF  # noqa: E402
-from tfembsize.models.training import _chunk_runner  # noqa: E402
+from tfembsize.training.loop import _chunk_runner  # noqa: E402
 
 
 def main() -> None:
@@ -52,7 +52,8 @@ def main() -> None:
         iterator = iter(bpr_dataset(split.train, args.batch_size, seed=0))
 
         def chunk(runner=runner, iterator=iterator, name=name) -> None:
-            out = runner(iterator, tf.constant(args.steps, tf.int32)).numpy()
+            n, start = tf.constant(args.steps, tf.int32), tf.constant(0, tf.int32)
+            out = runner(iterator, n, start).numpy()
             losses[name].append(float(out.mean()))
 
         arms[name] = chunk

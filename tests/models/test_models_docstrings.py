@@ -13,7 +13,7 @@ MODULES = [
     "tfembsize.models.ngcf",
     "tfembsize.models.lightgcn",
     "tfembsize.models.graph",
-    "tfembsize.models.training",
+    "tfembsize.training.config",
 ]
 
 

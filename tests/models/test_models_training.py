@@ -175,7 +175,7 @@ def test_test_split_can_be_left_out_and_progress_is_shown(small_split, capsys, c
     model = MF.create(small_split.num_users, small_split.num_items, 8)
     evaluator = ScriptedEvaluator(model, [0.1, 0.2])
     config = TrainConfig(max_steps=10, eval_every=5, batch_size=16, evaluate_test=False, verbose=1)
-    with caplog.at_level("INFO", logger="tfembsize.models.training"):
+    with caplog.at_level("INFO", logger="tfembsize.training.loop"):
         result = train_bpr(model, small_split, evaluator, config=config)
     assert evaluator.phases == ["validation", "validation"]
     assert result.test is None and not result.stopped_early and result.best_step == 10

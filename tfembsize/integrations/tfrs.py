@@ -30,6 +30,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfembsize._keras import is_legacy_keras, keras, keras_version
+from tfembsize.layers.utils import table_params
 
 if not is_legacy_keras():
     raise ImportError(
@@ -221,13 +222,7 @@ class TwoTowerRetrieval(tfrs.Model):
 
     def usable_params(self) -> int:
         """Usable parameters of the two tables (sizes for searchable tables)."""
-        total = 0
-        for layer in (self.user_embedding, self.item_embedding):
-            if hasattr(layer, "usable_params"):
-                total += int(layer.usable_params())
-            else:
-                total += embedding_rows(layer) * int(layer.output_dim)
-        return total
+        return sum(table_params(layer) for layer in (self.user_embedding, self.item_embedding))
 
     # TFRS -----------------------------------------------------------------------------------
     def compute_loss(self, features: Any, training: bool = False) -> tf.Tensor:

@@ -160,3 +160,45 @@ def find_searchable_layers(model: Any) -> dict:
                 )
             found[name] = layer
     return found
+
+
+def is_searchable(layer: Any) -> bool:
+    """True for a layer whose per-row sizes a search sets (``sizes``/``assign_sizes``).
+
+    Such layers set the class flag ``_tfembsize_searchable`` (`MaskedEmbedding`,
+    `BudgetedEmbedding`). PEP's learned masks are not sizes: `PEPEmbedding` is not searchable
+    in this sense, but it has usable parameters (`model_usage` counts it).
+    """
+    return bool(getattr(layer, "_tfembsize_searchable", False))
+
+
+def table_params(layer: Any) -> int:
+    """Usable parameters of one embedding table: its ``usable_params()``, else rows x width."""
+    if callable(getattr(layer, "usable_params", None)):
+        return int(layer.usable_params())
+    return int(layer.input_dim) * int(layer.output_dim)
+
+
+def model_usage(model: Any) -> tuple[int, int]:
+    """(usable parameters, rows) over every sized embedding table of ``model``.
+
+    The one place usable parameters are summed: a table counts if it has ``usable_params()``
+    and ``input_dim`` (`MaskedEmbedding`, `BudgetedEmbedding`, `PEPEmbedding`, ...; NCF's
+    two tables per side both count). This is what a budget is checked against.
+
+    Raises:
+        ValueError: ``model`` has no sized embedding table.
+    """
+    used = rows = 0
+    seen = False
+    for layer in [model, *iter_layers(model)]:
+        if callable(getattr(layer, "usable_params", None)) and hasattr(layer, "input_dim"):
+            used += int(layer.usable_params())
+            rows += int(layer.input_dim)
+            seen = True
+    if not seen:
+        raise ValueError(
+            f"{type(model).__name__} has no sized embedding tables (layers with "
+            "usable_params()); the budget cannot be checked."
+        )
+    return used, rows

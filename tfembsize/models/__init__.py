@@ -21,7 +21,7 @@ from tfembsize.models.lightgcn import LightGCN
 from tfembsize.models.mf import MF
 from tfembsize.models.ncf import GMF_MODES, NCF
 from tfembsize.models.ngcf import NGCF
-from tfembsize.models.training import (
+from tfembsize.training import (
     PRESETS,
     EvalRecord,
     NonFiniteLossError,

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfembsize._keras import keras
+from tfembsize.layers.utils import table_params
 
 __all__ = [
     "BPRModel",
@@ -35,7 +36,6 @@ __all__ = [
     "embedding_table",
     "embedding_width",
     "embedding_rows",
-    "is_searchable",
     "as_ids",
 ]
 
@@ -73,11 +73,6 @@ class BPRLosses(NamedTuple):
 
 
 # Layer helpers -----------------------------------------------------------------------------
-def is_searchable(layer: Any) -> bool:
-    """True for tfembsize searchable layers (per-row sizes)."""
-    return bool(getattr(layer, "_tfembsize_searchable", False))
-
-
 def embedding_rows(layer: Any) -> int:
     """Number of rows (``input_dim``) of an embedding layer."""
     rows = getattr(layer, "input_dim", None)
@@ -243,13 +238,7 @@ class BPRModel(keras.Model):
 
     def usable_params(self) -> int:
         """Usable embedding parameters: sizes summed over searchable tables, full width else."""
-        total = 0
-        for layer in self.embedding_layers():
-            if hasattr(layer, "usable_params"):
-                total += int(layer.usable_params())
-            else:
-                total += embedding_rows(layer) * embedding_width(layer)
-        return total
+        return sum(table_params(layer) for layer in self.embedding_layers())
 
     def bpr_terms(
         self, users: tf.Tensor, pos_items: tf.Tensor, neg_items: tf.Tensor, training: bool

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfembsize._keras import keras, register_serializable
+from tfembsize.layers.utils import is_searchable
 from tfembsize.models._factory import glorot, make_table
 from tfembsize.models.base import (
     BPRModel,
@@ -19,7 +20,6 @@ from tfembsize.models.base import (
     embedding_rows,
     embedding_table,
     embedding_width,
-    is_searchable,
     serialize_layer,
 )
 

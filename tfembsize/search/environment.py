@@ -56,9 +56,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from tfembsize.layers.utils import find_searchable_layers
+from tfembsize.layers.utils import find_searchable_layers, model_usage
 from tfembsize.plan import SizePlan
 from tfembsize.records import MODES, Feedback, Observation
+from tfembsize.training.outcome import Outcome
+from tfembsize.training.plan_training import accepts_keyword, model_scorer, train_plan
 
 __all__ = [
     "Environment",
@@ -150,26 +152,6 @@ def infer_tables(model: Any) -> dict[str, str]:
             "MaskedEmbedding); there is nothing to size."
         )
     return tables
-
-
-def model_scorer(model: Any) -> Any:
-    """What `RankingEvaluator.evaluate` takes for ``model``.
-
-    The model's own ``ranking_scorer()`` decides first; otherwise dot-product backbones
-    (``representations()``) give the fast ``(user_matrix, item_matrix)`` path, and any other
-    model must have ``score_users(user_ids) -> [b, num_items]``.
-    """
-    if callable(getattr(model, "ranking_scorer", None)):
-        return model.ranking_scorer()
-    if callable(getattr(model, "representations", None)):
-        users, items = model.representations(training=False)
-        return (users, items)
-    if callable(getattr(model, "score_users", None)):
-        return model.score_users
-    raise TypeError(
-        f"{type(model).__name__} has neither `representations()` nor `score_users(user_ids)`; "
-        "the evaluator cannot rank items with it."
-    )
 
 
 def _ranking_metrics(result: Any, ks: tuple[int, ...]) -> dict[str, float]:
@@ -270,7 +252,7 @@ def _all_finite(model: Any) -> bool:
 
 
 def _usable_params(model: Any) -> int:
-    return int(sum(layer.usable_params() for layer in find_searchable_layers(model).values()))
+    return model_usage(model)[0]
 
 
 def _build_searchable(model: Any) -> None:
@@ -500,22 +482,19 @@ class KerasEnvironment:
         # With a reference directory the pretraining is checkpointed after every validation
         # chunk, so a killed process resumes it instead of starting over (hours on Gowalla).
         checkpoint = self._pretraining_checkpoint()
-        extra = {} if checkpoint is None else {"checkpoint_dir": checkpoint}
-        train = self._train(self.reference_config, seed=self.seed, **extra)
-        if not train["finite"]:
+        train = self._train(self.reference_config, seed=self.seed, checkpoint_dir=checkpoint)
+        if not train.finite:
             raise FloatingPointError(
-                f"Pretraining the full-size reference model diverged ({train['message']}); "
+                f"Pretraining the full-size reference model diverged ({train.message}); "
                 "lower the learning rate of `reference_config`."
             )
-        result = train["validation"]
-        wall = train.get("wall_time")
         self._reference = feedback_from_ranking(
-            result,
+            train.validation,
             usable_params=_usable_params(self._model),
-            wall_time=float(wall) if wall is not None else time.perf_counter() - t0,
-            train_steps=train["steps"],
-            best_step=train["best_step"],
-            loss=train["loss"],
+            wall_time=train.wall_time if train.wall_time is not None else time.perf_counter() - t0,
+            train_steps=train.steps,
+            best_step=train.best_step,
+            loss=train.loss,
         )
         self._reference_weights = _weights(self._model)
         if self._snapshot is None:
@@ -590,26 +569,25 @@ class KerasEnvironment:
             config, train_steps=train_steps, train_epochs=train_epochs, seed=step_seed
         )
         self._steps_done += 1
-        if not train["finite"]:
+        if not train.finite:
             return Feedback.failed(
-                f"{train['message']} (mode={mode!r}, {usable} usable parameters, "
-                f"{train['steps']} steps).",
+                f"{train.message} (mode={mode!r}, {usable} usable parameters, "
+                f"{train.steps} steps).",
                 usable_params=usable,
                 wall_time=time.perf_counter() - t0,
                 mode=mode,
-                train_steps=train["steps"],
+                train_steps=train.steps,
                 info={"phase": phase},
             )
-        result = train["validation"]
         return feedback_from_ranking(
-            result,
+            train.validation,
             reference=reference,
             usable_params=usable,
             wall_time=time.perf_counter() - t0,
             mode=mode,
-            train_steps=train["steps"],
-            best_step=train["best_step"],
-            loss=train["loss"],
+            train_steps=train.steps,
+            best_step=train.best_step,
+            loss=train.loss,
             info={"phase": phase},
         )
 
@@ -622,8 +600,6 @@ class KerasEnvironment:
 
     def _pretraining_checkpoint(self) -> str | None:
         """Where the reference pretraining checkpoints (None: no directory or no support)."""
-        from tfembsize.search._training import accepts_keyword
-
         directories = self._reference_directories()
         if not directories or not accepts_keyword(self.train_fn, "checkpoint_dir"):
             return None
@@ -636,27 +612,19 @@ class KerasEnvironment:
         train_steps: int | None = None,
         train_epochs: float | None = None,
         seed: int | None = None,
-        **kwargs: Any,
-    ) -> dict:
-        from tfembsize.search._training import resolve_config, run_training
-
-        config = resolve_config(
-            config,
+        checkpoint_dir: str | None = None,
+    ) -> Outcome:
+        return train_plan(
             self._model,
             self.split,
+            self.evaluator,
+            config,
+            train_fn=self.train_fn,
             train_steps=train_steps,
             train_epochs=train_epochs,
             seed=seed,
+            checkpoint_dir=checkpoint_dir,
         )
-        train = run_training(
-            self.train_fn, self._model, self.split, self.evaluator, config, **kwargs
-        )
-        if train["finite"] and (train["validation"] is None or not config.restore_best):
-            # the weights kept are the last ones: score them
-            train["validation"] = self.evaluator.evaluate(
-                model_scorer(self._model), phase="validation"
-            )
-        return train
 
     # Persistence ---------------------------------------------------------------------------
     def attach(self, directory: str) -> None:
