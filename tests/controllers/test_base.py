@@ -201,3 +201,69 @@ def test_docstring_examples(name):
         importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE
     )
     assert result.attempted > 0 and result.failed == 0
+
+
+class _Logged(Controller):
+    """Appends one row per tell to an append-only buffer; unbudgeted search decisions."""
+
+    budgeted_decisions = False
+
+    def __init__(self, sparsity=0.5, *, seed=None):
+        super().__init__(sparsity, seed=seed)
+        from tfembsize._io import AppendOnlyArrays
+
+        self.buffer = AppendOnlyArrays({"q": ((), "float64")})
+
+    def _ask(self, observation):
+        plan = observation.plan_from_sizes(
+            np.full(observation.num_users, observation.d_max),
+            np.full(observation.num_items, observation.d_max),
+        )
+        return Decision(plan, "scratch", budget=None)  # exploration: over budget, unbudgeted
+
+    def _tell(self, decision, feedback):
+        self.buffer.append(q=[feedback.quality])
+
+    def _is_done(self):
+        return False
+
+    def _array_logs(self):
+        return {"buffer": self.buffer}
+
+    def _best_plan(self, sparsity):
+        p = self.problem
+        return p.plan_from_sizes(np.full(p.num_users, p.d_max), np.full(p.num_items, p.d_max))
+
+
+def test_growing_buffers_are_appended_not_rewritten(tmp_path):
+    obs = make_observation()
+    ctrl = _Logged(seed=0)
+    logs = tmp_path / "logs"
+    for i in range(3):
+        d = ctrl.ask(obs)
+        assert d.budget is None and d.plan.total_params() > ctrl.problem.max_params(0.5)
+        ctrl.tell(d, Feedback(quality=0.1 * (i + 1), user_quality=[0.1], item_quality=[0.1]))
+        ctrl.save(tmp_path / f"ckpt{i}", logs_directory=logs)
+    chunks = sorted(os.listdir(logs / "buffer"))
+    assert chunks == [f"{i:012d}-{i + 1:012d}.npz" for i in range(3)]  # one new row per save
+    restored = _Logged(seed=0)
+    restored.restore(tmp_path / "ckpt1")  # an older checkpoint commits 2 rows
+    assert restored.buffer.arrays["q"].tolist() == pytest.approx([0.1, 0.2])
+    restored.restore(tmp_path / "ckpt2")
+    assert restored.buffer.arrays["q"].tolist() == pytest.approx([0.1, 0.2, 0.3])
+
+
+def test_results_are_asserted_within_budget_even_with_unbudgeted_decisions():
+    obs = make_observation()
+    ctrl = _Logged(seed=0)
+    ctrl.ask(obs)
+    with pytest.raises(BudgetExceededError):
+        ctrl.best_plan()  # the full plan exceeds B(0.5)
+
+
+def test_budgeted_controllers_must_give_a_budget():
+    class NoBudget(_Logged):
+        budgeted_decisions = True
+
+    with pytest.raises(ValueError, match="returned a decision without a budget; set the class"):
+        NoBudget(seed=0).ask(make_observation())

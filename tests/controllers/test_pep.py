@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from tfembsize._keras import keras
-from tfembsize.controllers import pep as pep_module
 from tfembsize.controllers.pep import (
     PEPConfig,
     PEPController,
@@ -20,6 +19,7 @@ from tfembsize.controllers.pep import (
     run_pep,
     ticket_model,
 )
+from tfembsize.controllers.pep import tickets as pep_tickets
 from tfembsize.errors import BudgetExceededError
 from tfembsize.layers.pep_embedding import PEPAdam, PEPEmbedding, find_pep_layers
 
@@ -221,7 +221,7 @@ def test_prune_resumes_to_the_same_captures(tmp_path):
     targets = (0.5, 0.8, 0.9)
 
     def run(directory, max_steps):
-        model = pep_module._build(builder(split), 3, FAST)
+        model = pep_tickets._build(builder(split), 3, FAST)
         return prune(
             model,
             split,
@@ -327,3 +327,19 @@ def test_fresh_rewind_uses_another_initialisation():
     assert not find_pep_layers(model)["item_embedding"].embeddings.numpy().any()
     with pytest.raises(ValueError, match=r"The masks are for tables \['user_embedding'\]"):
         ticket_model(make, 1, {"user_embedding": masks["user_embedding"]}, initial, FAST)
+
+
+def test_pruning_compiled_with_xla_captures_the_same_masks():
+    split = small_split()
+    targets = (0.5, 0.8, 0.9)
+    results = []
+    for jit in (False, True):
+        config = FAST.replace(max_steps=400, jit_compile=jit)
+        model = pep_tickets._build(builder(split), 3, config)
+        results.append(prune(model, split, PEPController(targets), config=config, seed=3))
+    plain, xla = results
+    assert set(plain.captures) == set(xla.captures) == set(targets)
+    for c in targets:
+        assert xla.captures[c].step == plain.captures[c].step
+        for name, mask in plain.captures[c].masks.items():
+            np.testing.assert_array_equal(xla.captures[c].masks[name], mask)

@@ -3,14 +3,28 @@
 A controller decides sizes and never sees the recommender: `ask(observation)` returns a
 `Decision` (a budgeted `SizePlan` and the environment mode it needs) and
 `tell(decision, feedback)` reports the result. `tfembsize.search.run` drives any of them.
-"""
 
-import importlib.util
+Controllers that act while the model trains (PEP) implement `InTrainingController`
+instead: a per-batch hook of `tfembsize.training.train_bpr`, or a ``model.fit`` callback.
+"""
 
 from tfembsize.controllers.base import MODES, PHASES, Controller, Decision, Problem, fitness_of
 from tfembsize.controllers.baselines import ES, MR, FrequencyProportional, StaticController
 from tfembsize.controllers.bet import STRATEGIES, Archive, ArchivedAction, BETController
 from tfembsize.controllers.bet_sampler import ActionBatch, BudgetedActionSampler
+from tfembsize.controllers.hooks import InTrainingController
+from tfembsize.controllers.pep import (
+    PEPCapture,
+    PEPConfig,
+    PEPController,
+    PEPPruneResult,
+    PEPResult,
+    pep_model,
+    prune,
+    retrain_ticket,
+    run_pep,
+    ticket_model,
+)
 
 __all__ = [
     "Controller",
@@ -29,10 +43,15 @@ __all__ = [
     "STRATEGIES",
     "BudgetedActionSampler",
     "ActionBatch",
+    "InTrainingController",
+    "PEPConfig",
+    "PEPCapture",
+    "PEPPruneResult",
+    "PEPResult",
+    "PEPController",
+    "pep_model",
+    "prune",
+    "ticket_model",
+    "retrain_ticket",
+    "run_pep",
 ]
-
-if importlib.util.find_spec("tfembsize.controllers.pep") is not None:  # PEP work, when present
-    from tfembsize.controllers import pep as _pep
-    from tfembsize.controllers.pep import *  # noqa: F403
-
-    __all__ += list(_pep.__all__)

@@ -15,19 +15,33 @@ from tfembsize.training.config import (
     default_config,
     monitor_value,
 )
+from tfembsize.training.hooks import HookCallback, TrainingHook
 from tfembsize.training.loop import train_bpr
-from tfembsize.training.outcome import EvalRecord, NonFiniteLossError, TrainResult
+from tfembsize.training.outcome import EvalRecord, NonFiniteLossError, Outcome, TrainResult
+from tfembsize.training.plan_training import (
+    model_scorer,
+    resolve_config,
+    steps_per_epoch,
+    train_plan,
+)
 
 __all__ = [
     "PRESETS",
     "EvalRecord",
+    "HookCallback",
     "NonFiniteLossError",
+    "Outcome",
     "StaircaseDecay",
     "TrainCheckpoint",
     "TrainConfig",
     "TrainResult",
+    "TrainingHook",
     "ValidationRanking",
     "default_config",
+    "model_scorer",
     "monitor_value",
+    "resolve_config",
+    "steps_per_epoch",
     "train_bpr",
+    "train_plan",
 ]

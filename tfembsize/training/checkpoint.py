@@ -79,7 +79,8 @@ class TrainCheckpoint:
     def fingerprint(model: Any, config: Any, optimizer: Any) -> dict:
         """What must match between the run that wrote a checkpoint and the one resuming it."""
         cfg = config.to_dict()
-        for key in ("verbose", "jit_compile"):  # how it runs, not what it computes
+        # How it runs, not what it computes; a larger `max_steps` continues a run.
+        for key in ("verbose", "jit_compile", "max_steps"):
             cfg.pop(key, None)
         return {
             "model": type(model).__name__,

@@ -12,6 +12,7 @@ loop of its own. `train_bpr` calls it
 * on the host after every chunk (`on_chunk_end`, with the chunk's losses): capture results,
   update variables for the next chunk, return scalars for the training history, and say
   through `done` that training can stop;
+* on the host when training ends (`on_train_end`);
 * for checkpoints: `get_state` / `set_state` (JSON), so a resumed run continues exactly.
 
 The same host methods drive ``model.fit`` through `HookCallback` (there, the in-graph methods
@@ -70,6 +71,10 @@ class TrainingHook:
         """
         del step, losses
         return {}
+
+    def on_train_end(self, step: int) -> None:
+        """Host, once when training ends (after the last checkpoint), with the step count."""
+        del step
 
     @property
     def done(self) -> bool:
@@ -142,3 +147,10 @@ class HookCallback(keras.callbacks.Callback):
             self._losses = []
             if self.stop_when_done and self.hook.done:
                 self.model.stop_training = True
+
+    def on_train_end(self, logs: Any = None) -> None:
+        """Runs the hook's host step on the batches left over, then ``hook.on_train_end``."""
+        if self._losses:
+            self.hook.on_chunk_end(self.step, np.asarray(self._losses, np.float32))
+            self._losses = []
+        self.hook.on_train_end(self.step)

@@ -346,13 +346,18 @@ def train_bpr(
         fingerprint = TrainCheckpoint.fingerprint(model, config, opt)
         state = ckpt.load_state(fingerprint)
         if state is not None and state.get("finished"):
-            logger.info(
-                "%s: training finished earlier; result from %s.", model.name, ckpt.directory
-            )
             ckpt.restore_into(model, opt)
             if hook is not None:
                 hook.set_state(state.get("hook") or {})
-            return _result_from_dict(ckpt.result())
+            more = hook is not None and not hook.done and int(state["steps"]) < config.max_steps
+            if not more:
+                logger.info(
+                    "%s: training finished earlier; result from %s.", model.name, ckpt.directory
+                )
+                if hook is not None:
+                    hook.on_train_end(int(state["steps"]))
+                return _result_from_dict(ckpt.result())
+            # A hook with work left and a larger `max_steps`: train on from the last step.
         if state is not None:
             ckpt.restore_into(model, opt)
             steps = int(state["steps"])
@@ -514,6 +519,8 @@ def train_bpr(
         state = _loop_state(steps, last_loss, stopper, history, t0, False, hook)
         state["finished"] = True
         ckpt.save(state, fingerprint, model, model.optimizer, None, None, out.to_dict())
+    if hook is not None:
+        hook.on_train_end(steps)
     return out
 
 
