@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tfembsize import Budget, BudgetExceededError, BudgetInfeasibleError, SizePlan
 from tfembsize._keras import keras
+from tfembsize.errors import StateFileError
 from tfembsize.layers import BudgetedEmbedding, MaskedEmbedding, find_searchable_layers
 from tfembsize.layers.utils import iter_layers
 
@@ -233,8 +234,18 @@ def test_persistence_errors(tmp_path):
         SizePlan({"a": [1]}).save(tmp_path / "plan.pkl")
     bad = tmp_path / "bad.npz"
     np.savez(bad, weights=np.ones(3))
-    with pytest.raises(ValueError, match=r"bad\.npz is not a SizePlan \.npz file"):
+    with pytest.raises(StateFileError, match=r"size plan '.*bad\.npz' is not a SizePlan \.npz"):
         SizePlan.load(bad)
+    cut = tmp_path / "cut.json"
+    cut.write_text('{"format": "tfembsize.SizePlan", "tab')
+    with pytest.raises(StateFileError, match=r"size plan '.*cut\.json' is not valid JSON"):
+        SizePlan.load(cut)
+    zipless = tmp_path / "zipless.npz"
+    zipless.write_bytes(b"PK not really")
+    with pytest.raises(StateFileError, match=r"'.*zipless\.npz' is not a readable \.npz"):
+        SizePlan.load(zipless)
+    with pytest.raises(StateFileError, match=r"size plan '.*missing\.json' does not exist"):
+        SizePlan.load(tmp_path / "missing.json")
     obj = tmp_path / "obj.npz"
     np.savez(obj, **{"table:a": np.array([{"x": 1}], dtype=object)})
     with pytest.raises(ValueError, match="allow_pickle"):  # never unpickles

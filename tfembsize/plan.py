@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
+from tfembsize import _io
 from tfembsize.budget import (
     Budget,
     cut_by_priority,
@@ -16,7 +16,7 @@ from tfembsize.budget import (
     water_fill_down,
     water_fill_up,
 )
-from tfembsize.errors import BudgetInfeasibleError
+from tfembsize.errors import BudgetInfeasibleError, StateFileError
 
 __all__ = ["SizePlan"]
 
@@ -248,28 +248,28 @@ class SizePlan(Mapping):
     def save(self, path: str | os.PathLike) -> None:
         """Writes the plan as JSON (``.json``) or numpy ``.npz`` (never pickle), atomically."""
         path = os.fspath(path)
-        kind = _kind(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        if kind == "json":
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f)
+        if _kind(path) == "json":
+            _io.write_json(path, self.to_dict(), indent=None)
         else:
-            with open(tmp, "wb") as f:
-                np.savez(f, **{f"table:{k}": v for k, v in self._tables.items()})
-        os.replace(tmp, path)
+            _io.write_npz(path, {f"table:{k}": v for k, v in self._tables.items()})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SizePlan:
-        """Reads a plan written by `save`."""
+        """Reads a plan written by `save`.
+
+        Raises:
+            tfembsize.errors.StateFileError: the file is missing, damaged or not a plan (the
+                message names the path).
+            ValueError: the file holds sizes that are not a valid plan.
+        """
         path = os.fspath(path)
         if _kind(path) == "json":
-            with open(path, encoding="utf-8") as f:
-                return cls.from_dict(json.load(f))
-        with np.load(path, allow_pickle=False) as z:
-            tables = {k[len("table:") :]: z[k] for k in z.files if k.startswith("table:")}
-            if len(tables) != len(z.files):
-                raise ValueError(f"{path} is not a SizePlan .npz file.")
-            return cls(tables)
+            return cls.from_dict(_io.read_json(path, format=_FORMAT, what="size plan"))
+        arrays = _io.read_npz(path, what="size plan")
+        tables = {k[len("table:") :]: v for k, v in arrays.items() if k.startswith("table:")}
+        if not tables or len(tables) != len(arrays):
+            raise StateFileError(f"The size plan {path!r} is not a SizePlan .npz file.")
+        return cls(tables)
 
     # Models -----------------------------------------------------------------------------------
     def apply(self, model: Any) -> None:

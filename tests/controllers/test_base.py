@@ -187,7 +187,9 @@ def test_set_state_rejects_other_classes_and_garbage():
 @pytest.mark.parametrize(
     "name",
     [
-        "tfembsize.records",
+        "tfembsize.records.decision",
+        "tfembsize.records.observation",
+        "tfembsize.records.feedback",
         "tfembsize.controllers.baselines",
         "tfembsize.controllers.bet",
         "tfembsize.controllers.bet_sampler",

@@ -71,7 +71,7 @@ def test_paper_cells():
 
 
 @pytest.mark.parametrize(
-    "name", ["tfembsize.protocol.paper", "tfembsize.protocol.bet", "tfembsize.records"]
+    "name", ["tfembsize.protocol.paper", "tfembsize.protocol.bet", "tfembsize.records.feedback"]
 )
 def test_docstring_examples(name):
     import doctest

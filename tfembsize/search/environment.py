@@ -46,7 +46,6 @@ reference implementation on top of `tfembsize.models.train_bpr` and
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -56,6 +55,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from tfembsize import _io
 from tfembsize.layers.utils import find_searchable_layers, model_usage
 from tfembsize.plan import SizePlan
 from tfembsize.records import MODES, Feedback, Observation
@@ -73,6 +73,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_WEIGHTS_FORMAT = "tfembsize.Weights"
+_STATE_FORMAT = "tfembsize.KerasEnvironment"
 _PEAK_FLOOR = 1e-5  # spec §3.1: Q_peak = max(Q_n, 1e-5)
 
 
@@ -233,14 +235,12 @@ def _assign(model: Any, values: list[np.ndarray]) -> None:
 
 
 def _save_weights(path: str, values: list[np.ndarray]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, **{f"w{i:04d}": w for i, w in enumerate(values)})
-    os.replace(tmp, path)
+    _io.write_npz(path, {f"w{i:04d}": w for i, w in enumerate(values)}, format=_WEIGHTS_FORMAT)
 
 
 def _load_weights(path: str) -> list[np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return [z[k] for k in sorted(z.files)]
+    arrays = _io.read_npz(path, what="saved weights")
+    return [arrays[k] for k in sorted(arrays)]
 
 
 def _all_finite(model: Any) -> bool:
@@ -670,15 +670,17 @@ class KerasEnvironment:
         own_snapshot = self._snapshot is not None and self._snapshot is not self._reference_weights
         if own_snapshot:
             _save_weights(os.path.join(directory, "snapshot.npz"), self._snapshot)
-        with open(os.path.join(directory, "state.json"), "w", encoding="utf-8") as f:
-            json.dump(
-                {"steps_done": self._steps_done, "seed": self.seed, "snapshot": own_snapshot}, f
-            )
+        _io.write_json(
+            os.path.join(directory, "state.json"),
+            {"steps_done": self._steps_done, "seed": self.seed, "snapshot": own_snapshot},
+            format=_STATE_FORMAT,
+        )
 
     def load_state(self, directory: str) -> None:
         """Reads a state written by `save_state`."""
-        with open(os.path.join(directory, "state.json"), encoding="utf-8") as f:
-            state = json.load(f)
+        state = _io.read_json(
+            os.path.join(directory, "state.json"), format=_STATE_FORMAT, what="environment state"
+        )
         self._steps_done = int(state["steps_done"])
         if state.get("snapshot"):
             self._snapshot = _load_weights(os.path.join(directory, "snapshot.npz"))

@@ -274,12 +274,9 @@ def _read_history(directory: str, completed: int) -> list[StepRecord]:
 def _rewrite_history(directory: str, history: Sequence[StepRecord]) -> None:
     """Drops history lines past the committed count (left by a run killed mid-step)."""
     path = os.path.join(directory, "history.jsonl")
-    tmp = f"{path}.tmp-{os.getpid()}"
     with open(path, encoding="utf-8") as f:
         kept = [line for line, _ in zip(f, range(len(history)), strict=False)]
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
+    _io.write_bytes(path, "".join(kept).encode("utf-8"))
 
 
 def _decision_info(decision: Decision) -> dict:
