@@ -445,37 +445,49 @@ class Interactions:
         }
         import json
 
-        np.savez_compressed(
+        from tfembsize import _io
+
+        _io.write_npz(
             path,
-            meta=np.array(json.dumps(meta)),
-            users=self._users,
-            items=self._items,
-            user_ids=_plain(self._user_ids),
-            item_ids=_plain(self._item_ids),
+            {
+                "meta": np.array(json.dumps(meta)),
+                "users": self._users,
+                "items": self._items,
+                "user_ids": _plain(self._user_ids),
+                "item_ids": _plain(self._item_ids),
+            },
+            compress=True,
         )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Interactions:
-        """Reads a set written by `save`."""
+        """Reads a set written by `save`.
+
+        Raises:
+            tfembsize.errors.StateFileError: the file is missing, damaged or of another kind.
+        """
         import json
 
-        with np.load(path, allow_pickle=False) as f:
-            meta = json.loads(str(f["meta"]))
-            if meta.get("format") != _NPZ_FORMAT:
-                raise ValueError(
-                    f"{os.fspath(path)!r} is not an Interactions file (format "
-                    f"{meta.get('format')!r}, expected {_NPZ_FORMAT!r})."
-                )
-            return cls(
-                f["users"],
-                f["items"],
-                meta["num_users"],
-                meta["num_items"],
-                user_ids=f["user_ids"],
-                item_ids=f["item_ids"],
-                name=meta["name"],
-                duplicates_removed=meta["duplicates_removed"],
+        from tfembsize import _io
+        from tfembsize.errors import StateFileError
+
+        f = _io.read_npz(path, what="interactions file")
+        meta = json.loads(str(f["meta"])) if "meta" in f else {}
+        if meta.get("format") != _NPZ_FORMAT:
+            raise StateFileError(
+                f"{os.fspath(path)!r} is not an Interactions file (format "
+                f"{meta.get('format')!r}, expected {_NPZ_FORMAT!r})."
             )
+        return cls(
+            f["users"],
+            f["items"],
+            meta["num_users"],
+            meta["num_items"],
+            user_ids=f["user_ids"],
+            item_ids=f["item_ids"],
+            name=meta["name"],
+            duplicates_removed=meta["duplicates_removed"],
+        )
 
     # Dunder ------------------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:

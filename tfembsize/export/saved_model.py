@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfembsize import _io
 from tfembsize._keras import is_legacy_keras, keras_version
 from tfembsize.export.compress import CompressionError, compress, searchable_layers
 from tfembsize.layers.compressed_embedding import CompressedEmbedding
@@ -228,9 +229,9 @@ def save_serving_model(
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
     try:
         _save(root, tmp, built, model)
-        meta_path = tmp / METADATA_PATH
-        meta_path.parent.mkdir(parents=True, exist_ok=True)
-        meta_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        _io.write_bytes(
+            tmp / METADATA_PATH, (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode()
+        )
         if verify:
             _verify_saved(tmp, built, metadata)
         _move_into_place(tmp, target)
@@ -281,10 +282,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(
             f"{str(path)!r} is not a tfembsize export (no {METADATA_PATH} inside)."
         )
-    data = json.loads(meta.read_text())
-    if data.get("format") != _FORMAT:
-        raise ValueError(f"{str(meta)!r} is not tfembsize export metadata.")
-    return data
+    return dict(_io.read_json(meta, format=_FORMAT, what="export metadata"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ silently mixed in.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tfembsize import _io
 
 __all__ = ["TrainCheckpoint"]
 
@@ -41,12 +42,12 @@ def _optimizer_variables(optimizer: Any) -> list:
 
 
 def _save_arrays(path: Path, arrays: list[np.ndarray]) -> None:
-    np.savez(path, **{f"a{i:05d}": np.asarray(a) for i, a in enumerate(arrays)})
+    _io.write_npz(path, {f"a{i:05d}": np.asarray(a) for i, a in enumerate(arrays)})
 
 
 def _load_arrays(path: Path) -> list[np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return [data[f"a{i:05d}"] for i in range(len(data.files))]
+    data = _io.read_npz(path, what="training checkpoint arrays")
+    return [data[f"a{i:05d}"] for i in range(len(data))]
 
 
 class TrainCheckpoint:
@@ -103,12 +104,12 @@ class TrainCheckpoint:
         """
         if not self.exists():
             return None
-        state = json.loads((self._current / "state.json").read_text())
-        if state.get("format") != _FORMAT or state.get("version") != _VERSION:
-            raise ValueError(
-                f"{self._current} is not a tfembsize training checkpoint (format "
-                f"{state.get('format')!r}, version {state.get('version')!r})."
-            )
+        state = _io.read_json(
+            self._current / "state.json",
+            format=_FORMAT,
+            max_version=_VERSION,
+            what="training checkpoint state",
+        )
         saved = state["fingerprint"]
         for key in ("model", "weights", "optimizer", "optimizer_variables", "config"):
             if saved.get(key) != fingerprint.get(key):
@@ -145,12 +146,12 @@ class TrainCheckpoint:
     def best_result(self) -> dict | None:
         """``RankingResult.to_dict()`` of the best evaluation so far (None if none)."""
         path = self._current / "best_result.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return _io.read_json(path, what="training checkpoint") if path.is_file() else None
 
     def result(self) -> dict | None:
         """``TrainResult.to_dict()`` of a finished run (None while unfinished)."""
         path = self._current / "result.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return _io.read_json(path, what="training checkpoint") if path.is_file() else None
 
     # -- writing ---------------------------------------------------------------------------
     def save(
@@ -194,17 +195,15 @@ class TrainCheckpoint:
                 if reuse and (previous / "best_result.json").is_file():
                     shutil.copyfile(previous / "best_result.json", tmp / "best_result.json")
                 else:
-                    (tmp / "best_result.json").write_text(json.dumps(best_result))
+                    _io.write_json(tmp / "best_result.json", best_result, indent=None)
             if result is not None:
-                (tmp / "result.json").write_text(json.dumps(result))
-            payload = dict(state, format=_FORMAT, version=_VERSION, fingerprint=fingerprint)
+                _io.write_json(tmp / "result.json", result, indent=None)
+            payload = dict(state, fingerprint=fingerprint)
             payload.pop("best_unchanged", None)
-            (tmp / "state.json").write_text(json.dumps(payload, indent=1, sort_keys=True))
+            _io.write_json(tmp / "state.json", payload, format=_FORMAT, version=_VERSION)
             final = self.directory / f"step-{int(state['steps']):09d}-{uuid.uuid4().hex[:8]}"
             os.replace(tmp, final)
-            pointer = self.directory / f".LATEST-{uuid.uuid4().hex}"
-            pointer.write_text(final.name)
-            os.replace(pointer, self.directory / "LATEST")  # the commit point
+            _io.write_bytes(self.directory / "LATEST", final.name.encode())  # the commit point
             for stale in self.directory.iterdir():  # this and earlier runs' leftovers
                 if stale != final and stale.name.startswith(("step-", ".tmp-", ".LATEST-")):
                     if stale.is_dir():
