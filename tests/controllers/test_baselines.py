@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from contract import ControllerContract
 from fakes import (
     NCF_TABLES,
     FakeEnvironment,
@@ -13,6 +12,7 @@ from fakes import (
 
 from tfembsize.budget import Budget
 from tfembsize.controllers import ES, MR, FrequencyProportional
+from tfembsize.testing import ControllerContract
 
 
 class TestESContract(ControllerContract):

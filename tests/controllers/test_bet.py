@@ -5,7 +5,6 @@ import glob
 import numpy as np
 import pytest
 import tensorflow as tf
-from contract import ControllerContract
 from fakes import (
     FakeEnvironment,
     _seed_and_clear,  # noqa: F401  (no Keras session reset needed)
@@ -17,6 +16,7 @@ from tfembsize.budget import Budget
 from tfembsize.controllers import ES, MR, BETController
 from tfembsize.controllers.bet_sampler import frequency_order
 from tfembsize.records import Feedback
+from tfembsize.testing import ControllerContract
 
 SMALL = {"search_iterations": 4, "num_candidates": 6, "top_k": 2}
 

@@ -1,12 +1,23 @@
-"""The contract every controller must satisfy (subclass `ControllerContract` in a test module).
+"""The contract every embedding-size controller must satisfy, shipped for your own controllers.
 
 Modelled on optuna's ``testing/pytest_samplers.py``: one test class holds the behaviour every
-implementation shares; a controller's test module subclasses it and implements
-``make_controller(sparsity, seed)``. Set ``stochastic = False`` for deterministic controllers.
+`tfembsize.controllers.Controller` shares (budgets asserted on every budgeted decision and
+every result, seeded determinism, JSON state and save/restore that continue identically,
+failed steps accepted, clear errors for bad calls). A controller's test module subclasses
+`ControllerContract` and implements ``make_controller(sparsity, seed)``; pytest collects the
+inherited tests. Set ``stochastic = False`` for deterministic controllers.
 
-    class TestMyController(ControllerContract):
-        def make_controller(self, sparsity, seed=0):
-            return MyController(sparsity=sparsity, seed=seed, small_settings=...)
+`FakeEnvironment` (a deterministic fitness that rewards sizing popular entities up),
+`make_observation` and `drive` (ask -> step -> tell until done) make the tests fast: no model
+is trained.
+
+Example:
+    >>> from tfembsize.testing import ControllerContract
+    >>> from tfembsize.controllers import ES
+    >>> class TestES(ControllerContract):
+    ...     stochastic = False
+    ...     def make_controller(self, sparsity, seed=0):
+    ...         return ES(sparsity=sparsity, seed=seed)
 """
 
 from __future__ import annotations
@@ -15,12 +26,106 @@ import json
 
 import numpy as np
 import pytest
-from fakes import NCF_TABLES, FakeEnvironment, drive, make_observation
 
 from tfembsize.budget import Budget
 from tfembsize.controllers import MODES, PHASES, Controller, Decision
 from tfembsize.errors import BudgetInfeasibleError
-from tfembsize.records import Feedback
+from tfembsize.records import Feedback, Observation
+
+__all__ = [
+    "ControllerContract",
+    "FakeEnvironment",
+    "MF_TABLES",
+    "NCF_TABLES",
+    "drive",
+    "make_observation",
+]
+
+MF_TABLES = {"user_embedding": "user", "item_embedding": "item"}
+NCF_TABLES = {
+    "user_gmf": "user",
+    "item_gmf": "item",
+    "user_mlp": "user",
+    "item_mlp": "item",
+}
+
+
+def make_observation(
+    num_users: int = 40,
+    num_items: int = 60,
+    *,
+    d_max: int = 32,
+    tables: dict | None = None,
+    seed: int = 0,
+) -> Observation:
+    """Power-law (Zipf-like) frequencies, shuffled so that id order is not frequency order."""
+    rng = np.random.default_rng(seed)
+
+    def freqs(n: int) -> np.ndarray:
+        f = np.floor(200.0 / np.arange(1, n + 1) ** 1.1).astype(np.int64)
+        f[-3:] = 0  # a few cold entities
+        return rng.permutation(f)
+
+    return Observation(
+        tables=dict(tables or MF_TABLES),
+        user_frequencies=freqs(num_users),
+        item_frequencies=freqs(num_items),
+        d_max=d_max,
+    )
+
+
+class FakeEnvironment:
+    """Fitness is a deterministic function of the plan that rewards sizing popular entities up.
+
+    fitness = mean over sides of sum_n w_n * log(1 + d_n) / log(1 + d_max), with
+    w_n = (f_n + 1) / sum(f + 1). Concave in each size, weighted by popularity: the best
+    allocation gives frequent entities large sizes and rare ones small sizes. ``fail_at``
+    lists step numbers whose feedback is a failed step.
+    """
+
+    def __init__(self, observation: Observation, *, fail_at: tuple[int, ...] = ()) -> None:
+        self.observation = observation
+        self.fail_at = set(fail_at)
+        self.steps = 0
+        self.modes: list[str] = []
+
+    def fitness(self, plan) -> float:
+        """Popularity-weighted concave fitness of ``plan`` in [0, 1]."""
+        obs = self.observation
+        users, items = obs.sizes_from_plan(plan)
+        out = []
+        for f, d in ((obs.user_frequencies, users), (obs.item_frequencies, items)):
+            w = (f + 1.0) / (f + 1.0).sum()
+            out.append(float((w * np.log1p(d)).sum() / np.log1p(obs.d_max)))
+        return float(np.mean(out))
+
+    def step(self, decision: Decision) -> Feedback:
+        """A deterministic `Feedback` for the decision (a failed one at ``fail_at``)."""
+        self.modes.append(decision.mode)
+        i = self.steps
+        self.steps += 1
+        if i in self.fail_at:
+            return Feedback.failed("loss became NaN (fake)")
+        r = self.fitness(decision.plan)
+        return Feedback(
+            quality=0.2 * r,
+            quality_ratio=r,
+            usable_params=decision.plan.total_params(),
+            wall_time=0.0,
+            mode=decision.mode,
+        )
+
+
+def drive(controller: Controller, env: FakeEnvironment, steps: int | None = None) -> list:
+    """Runs ask -> step -> tell; returns [(decision, feedback)]. ``steps=None``: until done."""
+    out = []
+    while not controller.done and (steps is None or len(out) < steps):
+        decision = controller.ask(env.observation)
+        feedback = env.step(decision)
+        controller.tell(decision, feedback)
+        out.append((decision, feedback))
+    return out
+
 
 SPARSITIES = (0.5, 0.8, 0.95)
 
@@ -43,11 +148,13 @@ class ControllerContract:
     stochastic = True
 
     def make_controller(self, sparsity, seed: int = 0) -> Controller:
+        """A new controller for ``sparsity`` and ``seed`` (implement this)."""
         raise NotImplementedError
 
     # Budgets ---------------------------------------------------------------------------------
     @pytest.mark.parametrize("tables", [None, NCF_TABLES], ids=["mf", "ncf"])
     def test_every_plan_is_within_its_budget(self, tables):
+        """Every plan is within its budget."""
         obs = make_observation(tables=tables)
         controller = self.make_controller(SPARSITIES)
         assert isinstance(controller, Controller)
@@ -56,14 +163,19 @@ class ControllerContract:
         for decision, _ in drive(controller, env):
             assert isinstance(decision, Decision)
             assert decision.mode in MODES and decision.phase in PHASES
-            assert decision.budget == Budget(sparsity=decision.sparsity, d_max=obs.d_max)
-            decision.plan.check(decision.budget)  # raises if over budget or out of bounds
-            assert decision.plan.total_params() <= decision.budget.max_params_for(obs.num_rows)
             users, items = obs.sizes_from_plan(decision.plan)
             for name, side in obs.tables.items():  # shared per-entity sizes across tables
                 assert np.array_equal(decision.plan[name], users if side == "user" else items)
+            if decision.budget is None:  # an unbudgeted search step (exploration)
+                assert not controller.budgeted_decisions
+                assert decision.phase == "search"
+                continue
+            assert decision.budget == Budget(sparsity=decision.sparsity, d_max=obs.d_max)
+            decision.plan.check(decision.budget)  # raises if over budget or out of bounds
+            assert decision.plan.total_params() <= decision.budget.max_params_for(obs.num_rows)
             seen.add(decision.sparsity)
-        assert seen == set(SPARSITIES)
+        if controller.budgeted_decisions:
+            assert seen == set(SPARSITIES)
         assert controller.done
         assert controller.iteration <= controller.num_iterations
         for c in SPARSITIES:
@@ -72,6 +184,7 @@ class ControllerContract:
             plan.check(Budget(sparsity=c, d_max=obs.d_max))
 
     def test_ask_after_done_raises(self):
+        """Ask after done raises."""
         obs = make_observation()
         controller = self.make_controller(0.9)
         drive(controller, FakeEnvironment(obs))
@@ -79,6 +192,7 @@ class ControllerContract:
             controller.ask(obs)
 
     def test_infeasible_sparsity_raises(self):
+        """Infeasible sparsity raises."""
         obs = make_observation(d_max=16)  # 1 - 0.97 leaves 0.48 parameters per row
         controller = self.make_controller(0.97)
         with pytest.raises(BudgetInfeasibleError, match="fewer than one per row"):
@@ -86,6 +200,7 @@ class ControllerContract:
 
     # Determinism and state -------------------------------------------------------------------
     def test_same_seed_same_decisions(self):
+        """Same seed same decisions."""
         obs = make_observation()
         a = drive(self.make_controller((0.8, 0.9), seed=3), FakeEnvironment(obs))
         b = drive(self.make_controller((0.8, 0.9), seed=3), FakeEnvironment(obs))
@@ -96,6 +211,7 @@ class ControllerContract:
             assert not all(x.plan == y.plan for (x, _), (y, _) in zip(a, c, strict=False))
 
     def test_get_state_is_json_and_round_trips_to_identical_asks(self):
+        """Get state is json and round trips to identical asks."""
         obs = make_observation()
         env = FakeEnvironment(obs)
         controller = self.make_controller(SPARSITIES)
@@ -109,6 +225,7 @@ class ControllerContract:
         assert _same(first, again)
 
     def test_state_while_pending_is_the_state_before_the_ask(self):
+        """State while pending is the state before the ask."""
         obs = make_observation()
         controller = self.make_controller(0.9)
         first = controller.ask(obs)
@@ -117,6 +234,7 @@ class ControllerContract:
         assert _same(controller.ask(obs), first)
 
     def test_save_restore_continues_identically(self, tmp_path):
+        """Save restore continues identically."""
         obs = make_observation()
         a = self.make_controller((0.8, 0.9), seed=7)
         env_a = FakeEnvironment(obs)
@@ -136,6 +254,7 @@ class ControllerContract:
         assert c.get_config() == a.get_config() and c.iteration == 1
 
     def test_save_while_pending_then_restore_asks_the_same(self, tmp_path):
+        """Save while pending then restore asks the same."""
         obs = make_observation()
         a = self.make_controller((0.8, 0.9))
         drive(a, FakeEnvironment(obs), steps=1)
@@ -146,6 +265,7 @@ class ControllerContract:
         assert _same(b.ask(obs), pending)
 
     def test_restore_rejects_another_configuration(self, tmp_path):
+        """Restore rejects another configuration."""
         obs = make_observation()
         a = self.make_controller(0.9, seed=1)
         drive(a, FakeEnvironment(obs), steps=1)
@@ -154,10 +274,12 @@ class ControllerContract:
             self.make_controller(0.8, seed=1).restore(tmp_path)
 
     def test_restore_missing_directory(self, tmp_path):
+        """Restore missing directory."""
         with pytest.raises(FileNotFoundError, match="No saved controller"):
             self.make_controller(0.9).restore(tmp_path / "nothing")
 
     def test_failed_step_is_accepted(self):
+        """Failed step is accepted."""
         obs = make_observation()
         controller = self.make_controller(0.9)
         env = FakeEnvironment(obs, fail_at=(0,))
@@ -167,6 +289,7 @@ class ControllerContract:
 
     # Bad input -------------------------------------------------------------------------------
     def test_bad_sparsity(self):
+        """Bad sparsity."""
         with pytest.raises(
             ValueError, match=r"`sparsity` must be in \(0, 1\). Received: sparsity=1.3"
         ):
@@ -175,6 +298,7 @@ class ControllerContract:
             self.make_controller((0.9, 0.9))
 
     def test_bad_calls(self):
+        """Bad calls."""
         obs = make_observation()
         controller = self.make_controller((0.9, 0.8))
         with pytest.raises(TypeError, match="must be a tfembsize.search.Observation"):
