@@ -60,7 +60,7 @@ def _sync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically (temporary file, fsync, rename, folder fsync).
 
     Args:
@@ -93,7 +93,7 @@ def _tagged(payload: Any, format: str | None, version: int | None) -> Any:
 
 
 def write_json(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     payload: Any,
     *,
     format: str | None = None,
@@ -121,7 +121,7 @@ def write_json(
 
 
 def read_json(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     *,
     format: str | None = None,
     max_version: int | None = None,
@@ -172,7 +172,7 @@ def _check_tag(
         )
 
 
-def append_jsonl(path: str | os.PathLike, payload: Any) -> None:
+def append_jsonl(path: str | os.PathLike[str], payload: Any) -> None:
     """Appends one JSON line to ``path`` and syncs it (a cut last line is the reader's to drop)."""
     with open(os.fspath(path), "a", encoding="utf-8") as f:
         f.write(json.dumps(payload) + "\n")
@@ -181,7 +181,7 @@ def append_jsonl(path: str | os.PathLike, payload: Any) -> None:
 
 
 def write_npz(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     arrays: Mapping[str, Any],
     *,
     format: str | None = None,
@@ -197,7 +197,7 @@ def write_npz(
     """
     if _NPZ_FORMAT_KEY in arrays:
         raise ValueError(f"`arrays` must not contain the reserved key {_NPZ_FORMAT_KEY!r}.")
-    payload = {str(k): np.asarray(v) for k, v in arrays.items()}
+    payload: dict[str, Any] = {str(k): np.asarray(v) for k, v in arrays.items()}
     for name, value in payload.items():
         if value.dtype == object:
             raise TypeError(f"Array {name!r} has dtype object; only plain arrays are saved.")
@@ -209,7 +209,7 @@ def write_npz(
 
 
 def read_npz(
-    path: str | os.PathLike, *, format: str | None = None, what: str = "file"
+    path: str | os.PathLike[str], *, format: str | None = None, what: str = "file"
 ) -> dict[str, np.ndarray]:
     """Reads every array of an ``.npz`` written by `write_npz` (never unpickles).
 
@@ -319,7 +319,7 @@ class AppendOnlyArrays:
             self._data[name] = self._data[name][:length]
         self._flushed = min(self._flushed, length)
 
-    def flush(self, directory: str | os.PathLike) -> int:
+    def flush(self, directory: str | os.PathLike[str]) -> int:
         """Writes the unflushed rows as one chunk into ``directory``; returns the length."""
         directory = os.fspath(directory)
         n = len(self)
@@ -339,7 +339,7 @@ class AppendOnlyArrays:
             os.makedirs(directory, exist_ok=True)
         return n
 
-    def reload(self, directory: str | os.PathLike, length: int) -> None:
+    def reload(self, directory: str | os.PathLike[str], length: int) -> None:
         """Replaces the rows in memory by the first ``length`` committed rows in ``directory``."""
         restored = type(self).restore(directory, self.fields, length)
         self._data = restored._data
@@ -348,7 +348,7 @@ class AppendOnlyArrays:
     @classmethod
     def load(
         cls,
-        directory: str | os.PathLike,
+        directory: str | os.PathLike[str],
         fields: Mapping[str, tuple[tuple[int, ...], Any]],
         length: int,
     ) -> dict[str, np.ndarray]:
@@ -363,7 +363,7 @@ class AppendOnlyArrays:
     @classmethod
     def restore(
         cls,
-        directory: str | os.PathLike,
+        directory: str | os.PathLike[str],
         fields: Mapping[str, tuple[tuple[int, ...], Any]],
         length: int,
     ) -> AppendOnlyArrays:

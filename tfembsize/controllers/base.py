@@ -150,13 +150,13 @@ class Controller(abc.ABC):
         self._rng = np.random.default_rng(np.random.SeedSequence(self._entropy))
         self._problem: Problem | None = None
         self._pending: Decision | None = None
-        self._state_before_ask: dict | None = None
+        self._state_before_ask: dict[str, Any] | None = None
         self._num_asked = 0
         self._num_told = 0
         self._metrics: dict[str, float] = {}
 
     # Configuration -------------------------------------------------------------------------
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         """The constructor arguments (JSON)."""
         return {"sparsity": list(self._sparsities), "seed": self._seed}
 
@@ -190,6 +190,14 @@ class Controller(abc.ABC):
     @property
     def problem(self) -> Problem | None:
         """The problem seen at the first ask (None before)."""
+        return self._problem
+
+    def _known_problem(self) -> Problem:
+        """The problem; raises RuntimeError before the first ask or restore."""
+        if self._problem is None:
+            raise RuntimeError(
+                f"{type(self).__name__} does not know the problem yet: ask once or restore first."
+            )
         return self._problem
 
     @property
@@ -253,8 +261,9 @@ class Controller(abc.ABC):
         if self._is_done():
             raise RuntimeError(f"{type(self).__name__} is done; there is nothing more to ask.")
         self._adopt(observation)
+        problem = self._known_problem()
         for c in self._sparsities:
-            self._problem.size_limit(c)  # raises BudgetInfeasibleError early and clearly
+            problem.size_limit(c)  # raises BudgetInfeasibleError early and clearly
         before = self.get_state()
         decision = self._ask(observation)
         if not isinstance(decision, Decision):
@@ -342,7 +351,7 @@ class Controller(abc.ABC):
                 f"{type(self).__name__} returned a plan for tables {sorted(plan)}; the "
                 f"observation has {sorted(observation.tables)}."
             )
-        users, items = self._problem.sizes(plan)
+        users, items = self._known_problem().sizes(plan)
         for name, side in observation.tables.items():
             want = users if side == "user" else items
             if plan[name].shape != want.shape or not np.array_equal(plan[name], want):
@@ -424,14 +433,14 @@ class Controller(abc.ABC):
                 _write()
 
     # State -----------------------------------------------------------------------------------
-    def get_state(self) -> dict:
+    def get_state(self) -> dict[str, Any]:
         """The JSON run state (buffers and networks are saved by `save`).
 
         While a decision is pending, this is the state from before that ask: restoring it and
         asking again returns the same decision.
         """
         if self._pending is not None and self._state_before_ask is not None:
-            return json.loads(json.dumps(self._state_before_ask))
+            return _json_copy(self._state_before_ask)
         state = {
             "format": _STATE_FORMAT,
             "version": 1,
@@ -445,7 +454,7 @@ class Controller(abc.ABC):
             "metrics": dict(self._metrics),
             "controller": self._get_state(),
         }
-        return json.loads(json.dumps(state))  # a deep copy that is certainly JSON
+        return _json_copy(state)  # a deep copy that is certainly JSON
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Restores a state from `get_state` (of a controller with the same config).
@@ -478,7 +487,12 @@ class Controller(abc.ABC):
             self._problem = None
         else:
             restored = Problem.from_dict(problem)
-            if old is not None and old.has_frequencies and old.digest == restored.digest:
+            if (
+                old is not None
+                and old.user_frequencies is not None
+                and old.item_frequencies is not None
+                and old.digest == restored.digest
+            ):
                 restored = restored.with_frequencies(old.user_frequencies, old.item_frequencies)
             self._problem = restored
             if restored.has_frequencies:
@@ -489,7 +503,10 @@ class Controller(abc.ABC):
         self._set_state(state["controller"])
 
     def save(
-        self, directory: str | os.PathLike, *, logs_directory: str | os.PathLike | None = None
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        logs_directory: str | os.PathLike[str] | None = None,
     ) -> None:
         """Writes the state into ``directory``: JSON, ``.npz`` buffers, network checkpoint.
 
@@ -551,7 +568,7 @@ class Controller(abc.ABC):
                 os.remove(os.path.join(directory, entry))
 
     @staticmethod
-    def _read_manifest(directory: str | os.PathLike) -> dict:
+    def _read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
         directory = os.fspath(directory)
         manifest = os.path.join(directory, "controller.json")
         if not os.path.exists(manifest):
@@ -562,7 +579,7 @@ class Controller(abc.ABC):
             )
         )
 
-    def restore(self, directory: str | os.PathLike) -> None:
+    def restore(self, directory: str | os.PathLike[str]) -> None:
         """Reads a state written by `save` (into a controller with the same config).
 
         Raises:
@@ -595,7 +612,7 @@ class Controller(abc.ABC):
             ).assert_consumed()
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> Controller:
+    def load(cls, directory: str | os.PathLike[str]) -> Controller:
         """A controller built from the config saved in ``directory`` and restored from it."""
         config = cls._read_manifest(directory)["state"]["config"]
         controller = cls.from_config(config)
@@ -603,9 +620,9 @@ class Controller(abc.ABC):
         return controller
 
     def _all_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {}
+        arrays: dict[str, np.ndarray] = {}
         p = self._problem
-        if p is not None and p.has_frequencies:
+        if p is not None and p.user_frequencies is not None and p.item_frequencies is not None:
             arrays["problem:user_frequencies"] = p.user_frequencies
             arrays["problem:item_frequencies"] = p.item_frequencies
         for k, v in self._get_arrays().items():
@@ -640,7 +657,7 @@ class Controller(abc.ABC):
     def _best_plan(self, sparsity: float) -> SizePlan | None:
         return None
 
-    def _get_state(self) -> dict:
+    def _get_state(self) -> dict[str, Any]:
         return {}
 
     def _set_state(self, state: Mapping[str, Any]) -> None:
@@ -666,10 +683,17 @@ class Controller(abc.ABC):
         )
 
 
-def generator_state(rng: np.random.Generator) -> dict:
+def generator_state(rng: np.random.Generator) -> dict[str, Any]:
     """The JSON state of a numpy Generator's bit generator."""
     state = rng.bit_generator.state
-    return json.loads(json.dumps(state, default=int))
+    copy: dict[str, Any] = json.loads(json.dumps(state, default=int))
+    return copy
+
+
+def _json_copy(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``state`` through JSON (so it certainly is JSON)."""
+    copy: dict[str, Any] = json.loads(json.dumps(state))
+    return copy
 
 
 def set_generator_state(rng: np.random.Generator, state: Mapping[str, Any]) -> None:

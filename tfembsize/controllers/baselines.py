@@ -69,16 +69,19 @@ class StaticController(Controller):
 
     def _ask(self, observation: Any) -> Decision:
         c = self.sparsities[self.iteration]
+        problem = self._known_problem()
         return Decision(
-            plan=self._plan(self.problem, c),
+            plan=self._plan(problem, c),
             mode="scratch",
-            budget=self.problem.budget(c),
+            budget=problem.budget(c),
             phase="final",
             info={"method": self.name, "sparsity": c},
         )
 
     def _tell(self, decision: Decision, feedback: Any) -> None:
         fitness = fitness_of(feedback)
+        if decision.sparsity is None:
+            return
         self._fitness[decision.sparsity] = fitness
         if fitness is not None:
             self._metrics = {f"{decision.sparsity:g}/fitness": fitness}

@@ -102,14 +102,16 @@ def _file_kind(path: str, what: str) -> str:
 class _TableLayout:
     """Table bookkeeping shared by `Observation` and `Problem`.
 
-    Subclasses provide ``tables`` (layer name -> ``"user"``/``"item"``), ``num_users``,
-    ``num_items`` and ``d_max``.
+    Subclasses provide ``tables`` (layer name -> ``"user"``/``"item"``), ``d_max`` and
+    ``_counts()`` (users, items).
     """
 
     tables: Mapping[str, str]
     d_max: int
-    num_users: int
-    num_items: int
+
+    def _counts(self) -> tuple[int, int]:
+        """(users, items); implemented by the record."""
+        raise NotImplementedError
 
     @property
     def user_tables(self) -> list[str]:
@@ -129,12 +131,13 @@ class _TableLayout:
     @property
     def num_entities(self) -> int:
         """Users plus items."""
-        return self.num_users + self.num_items
+        return sum(self._counts())
 
     @property
     def num_rows(self) -> int:
         """Rows of every table together: the ``N`` of the budget (NCF counts both tables)."""
-        return len(self.user_tables) * self.num_users + len(self.item_tables) * self.num_items
+        users, items = self._counts()
+        return len(self.user_tables) * users + len(self.item_tables) * items
 
     def budget(self, sparsity: float) -> Budget:
         """The budget for ``sparsity`` at this ``d_max``."""
@@ -146,16 +149,13 @@ class _TableLayout:
 
     def plan_from_sizes(self, user_sizes: Any, item_sizes: Any) -> SizePlan:
         """Builds the `SizePlan` that gives every user- and item-side table these sizes."""
+        users, items = self._counts()
         u = np.asarray(user_sizes)
         i = np.asarray(item_sizes)
-        if u.shape != (self.num_users,):
-            raise ValueError(
-                f"`user_sizes` must have shape ({self.num_users},). Received shape {u.shape}."
-            )
-        if i.shape != (self.num_items,):
-            raise ValueError(
-                f"`item_sizes` must have shape ({self.num_items},). Received shape {i.shape}."
-            )
+        if u.shape != (users,):
+            raise ValueError(f"`user_sizes` must have shape ({users},). Received shape {u.shape}.")
+        if i.shape != (items,):
+            raise ValueError(f"`item_sizes` must have shape ({items},). Received shape {i.shape}.")
         return SizePlan({n: (u if s == "user" else i) for n, s in self.tables.items()})
 
     def sizes_from_plan(self, plan: SizePlan) -> tuple[np.ndarray, np.ndarray]:
@@ -165,6 +165,6 @@ class _TableLayout:
     def full_plan(self) -> SizePlan:
         """The plan that gives every row the full width ``d_max``."""
         return self.plan_from_sizes(
-            np.full(self.num_users, self.d_max, np.int32),
-            np.full(self.num_items, self.d_max, np.int32),
+            np.full(self._counts()[0], self.d_max, np.int32),
+            np.full(self._counts()[1], self.d_max, np.int32),
         )

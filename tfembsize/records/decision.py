@@ -123,7 +123,7 @@ class Decision:
             f"sparsity={self.sparsity}, params={self.plan.total_params()}{length})"
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (the plan's sizes as lists)."""
         return {
             "format": _DECISION_FORMAT,

@@ -31,6 +31,11 @@ from tfembsize.records._common import (
 __all__ = ["Feedback"]
 
 
+def _decode_float_or(x: Any, default: float) -> float:
+    value = _decode_float(x)
+    return default if value is None else value
+
+
 # Feedback -----------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class Feedback:
@@ -214,7 +219,7 @@ class Feedback:
         )
 
     # Serialisation ----------------------------------------------------------------------------
-    def scalars(self) -> dict:
+    def scalars(self) -> dict[str, Any]:
         """The JSON-serialisable fields without the per-entity arrays."""
         return {
             "format": _FEEDBACK_FORMAT,
@@ -237,7 +242,7 @@ class Feedback:
         """The per-entity arrays that are present, by field name."""
         return {k: getattr(self, k) for k in _FEEDBACK_ARRAYS if getattr(self, k) is not None}
 
-    def to_dict(self, *, arrays: bool = True) -> dict:
+    def to_dict(self, *, arrays: bool = True) -> dict[str, Any]:
         """JSON-serialisable form; ``arrays=False`` leaves out the per-entity arrays."""
         d = self.scalars()
         if arrays:
@@ -258,11 +263,11 @@ class Feedback:
         return cls(
             status=d["status"],
             message=d.get("message", ""),
-            quality=_decode_float(d.get("quality")) if d.get("quality") is not None else math.nan,
+            quality=_decode_float_or(d.get("quality"), math.nan),
             usable_params=d.get("usable_params", 0),
             wall_time=d.get("wall_time", 0.0),
             quality_ratio=_decode_float(d.get("quality_ratio")),
-            metrics={k: _decode_float(v) for k, v in (d.get("metrics") or {}).items()},
+            metrics={k: _decode_float_or(v, math.nan) for k, v in (d.get("metrics") or {}).items()},
             mode=d.get("mode"),
             train_steps=d.get("train_steps"),
             best_step=d.get("best_step"),
@@ -271,18 +276,20 @@ class Feedback:
             **{k: arr.get(k) for k in _FEEDBACK_ARRAYS},
         )
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Writes the record atomically as ``.json`` (arrays inline) or ``.npz``."""
         path = os.fspath(path)
         if _file_kind(path, "Feedback") == "json":
             _io.write_bytes(path, json.dumps(self.to_dict()).encode("utf-8"))
             return
         buf = io.BytesIO()
-        np.savez(buf, __scalars__=np.array(json.dumps(self.scalars())), **self.arrays())
+        arrays: dict[str, Any] = {"__scalars__": np.array(json.dumps(self.scalars()))}
+        arrays.update(self.arrays())
+        np.savez(buf, **arrays)
         _io.write_bytes(path, buf.getvalue())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Feedback:
+    def load(cls, path: str | os.PathLike[str]) -> Feedback:
         """Reads a record written by `save`.
 
         Raises:

@@ -88,6 +88,9 @@ class Observation(_TableLayout):
         if self.plan is not None and not isinstance(self.plan, SizePlan):
             raise TypeError(f"`plan` must be a SizePlan or None. Received {type(self.plan)!r}.")
 
+    def _counts(self) -> tuple[int, int]:
+        return int(self.user_frequencies.size), int(self.item_frequencies.size)
+
     @property
     def num_users(self) -> int:
         """Number of users."""
@@ -126,7 +129,7 @@ class Observation(_TableLayout):
             f"num_users={self.num_users}, num_items={self.num_items}, d_max={self.d_max})"
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (arrays as lists)."""
         return {
             "format": _OBSERVATION_FORMAT,
@@ -195,6 +198,9 @@ class Problem(_TableLayout):
     user_frequencies: np.ndarray | None = None
     item_frequencies: np.ndarray | None = None
 
+    def _counts(self) -> tuple[int, int]:
+        return self.num_users, self.num_items
+
     @classmethod
     def from_observation(cls, observation: Observation) -> Problem:
         """The problem an observation describes."""
@@ -258,7 +264,7 @@ class Problem(_TableLayout):
             item_frequencies=np.asarray(item, np.int64),
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON form without the frequency arrays (they go to the .npz)."""
         return {
             "tables": dict(self.tables),

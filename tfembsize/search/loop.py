@@ -205,7 +205,7 @@ def _step_file(directory: str, iteration: int) -> str:
     return os.path.join(directory, "steps", f"{iteration:06d}.npz")
 
 
-def _save_step(directory: str, record: StepRecord) -> dict:
+def _save_step(directory: str, record: StepRecord) -> dict[str, Any]:
     """Writes the step's arrays and returns its history line."""
     arrays = {f"plan:{k}": v for k, v in record.plan.items()}
     arrays.update({f"feedback:{k}": v for k, v in record.feedback.arrays().items()})
@@ -235,7 +235,7 @@ def _load_step(directory: str, line: Mapping[str, Any]) -> StepRecord:
     )
 
 
-def load_history(directory: str | os.PathLike) -> list[StepRecord]:
+def load_history(directory: str | os.PathLike[str]) -> list[StepRecord]:
     """Reads the committed steps of a run directory written by `run`."""
     directory = os.fspath(directory)
     state = _read_run(directory)
@@ -244,7 +244,7 @@ def load_history(directory: str | os.PathLike) -> list[StepRecord]:
     return _read_history(directory, int(state["completed"]))
 
 
-def _read_run(directory: str) -> dict | None:
+def _read_run(directory: str) -> dict[str, Any] | None:
     path = os.path.join(directory, "run.json")
     if not os.path.exists(path):
         return None
@@ -253,7 +253,7 @@ def _read_run(directory: str) -> dict | None:
 
 def _read_history(directory: str, completed: int) -> list[StepRecord]:
     path = os.path.join(directory, "history.jsonl")
-    lines: list[dict] = []
+    lines: list[dict[str, Any]] = []
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             for raw in f:
@@ -279,7 +279,7 @@ def _rewrite_history(directory: str, history: Sequence[StepRecord]) -> None:
     _io.write_bytes(path, "".join(kept).encode("utf-8"))
 
 
-def _decision_info(decision: Decision) -> dict:
+def _decision_info(decision: Decision) -> dict[str, Any]:
     """The scalar entries of a decision's info, with its sparsity, phase and length."""
     info = {
         str(k): v
@@ -300,7 +300,7 @@ def _decision_info(decision: Decision) -> dict:
 def run(
     controller: Controller,
     env: Environment,
-    directory: str | os.PathLike,
+    directory: str | os.PathLike[str],
     *,
     iterations: int | None = None,
     overwrite: bool = False,
@@ -358,9 +358,9 @@ def run(
 
     state = _read_run(directory)
     history: list[StepRecord] = []
-    stateful = isinstance(env, StatefulEnvironment)
-    if stateful:
-        env.attach(os.path.join(directory, "env"))
+    stateful = env if isinstance(env, StatefulEnvironment) else None
+    if stateful is not None:
+        stateful.attach(os.path.join(directory, "env"))
     if state is not None:
         name = type(controller).__name__
         if state.get("controller") not in (None, name):
@@ -374,8 +374,8 @@ def run(
         if ckpt:
             ckpt_dir = os.path.join(directory, ckpt)
             controller.restore(os.path.join(ckpt_dir, "controller"))
-            if stateful and os.path.isdir(os.path.join(ckpt_dir, "env")):
-                env.load_state(os.path.join(ckpt_dir, "env"))
+            if stateful is not None and os.path.isdir(os.path.join(ckpt_dir, "env")):
+                stateful.load_state(os.path.join(ckpt_dir, "env"))
         logger.info("Resuming the search in %s after %d steps.", directory, len(history))
     else:
         open(history_path, "w").close()
@@ -429,9 +429,7 @@ def run(
             feedback=feedback,
             info=_decision_info(decision),
         )
-        record, mark = _commit(
-            directory, record, controller, env if stateful else None, history_path, t0
-        )
+        record, mark = _commit(directory, record, controller, stateful, history_path, t0)
         history.append(record)
         result_so_far = _summarise(history, budgets, base.reference, directory, False, controller)
         if result_so_far.best_plan is not None:
@@ -480,7 +478,7 @@ def _write_result(directory: str, result: SearchResult) -> None:
     )
 
 
-def _new_run_state(controller: Any) -> dict:
+def _new_run_state(controller: Any) -> dict[str, Any]:
     return {
         "format": _RUN_FORMAT,
         "version": 1,

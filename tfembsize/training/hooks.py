@@ -81,7 +81,7 @@ class TrainingHook:
         """True when training can stop (checked after every chunk)."""
         return False
 
-    def get_state(self) -> dict:
+    def get_state(self) -> dict[str, Any]:
         """JSON state written with every training checkpoint."""
         return {}
 

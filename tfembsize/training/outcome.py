@@ -26,11 +26,11 @@ class EvalRecord:
     step: int
     loss: float
     value: float
-    metrics: dict
+    metrics: dict[str, Any]
     learning_rate: float
     seconds: float
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return dataclasses.asdict(self)
 
@@ -73,7 +73,7 @@ class TrainResult:
         """Alias of ``final_loss``."""
         return self.final_loss
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (ranking results through their ``to_dict``)."""
 
         def res(r: Any) -> Any:
