@@ -9,7 +9,6 @@ from tfembsize.budget import Budget
 from tfembsize.errors import BudgetExceededError, BudgetInfeasibleError
 from tfembsize.plan import SizePlan
 
-
 __all__ = [
     "Budget",
     "BudgetExceededError",

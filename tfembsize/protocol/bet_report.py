@@ -1,13 +1,13 @@
-"""BET against ES and MR from a paper-protocol run: the evidence table of issue 5.
+"""BET against ES and MR from a paper-protocol run: the evidence table.
 
-Reads OUT/results.json written by ``benchmarks/paper_protocol.py`` (methods bet, es, mr and
+Reads OUT/results.json written by the protocol's command line (methods bet, es, mr and
 optionally the ablations bet-random and bet-sizes-only) and writes
-``results/<name>.{json,md}`` (default name ``bet_<dataset>_<backbone>``) with
-``benchmarks/common.write_results``:
+``<results>/<name>.{json,md}`` (default name ``bet_<dataset>_<backbone>``) with
+`tfembsize.protocol.provenance.write_results`:
 
 - test R@20 / N@20 of BET, ES and MR per sparsity (mean ± std over seeds), whether BET beats
   both, and ``ratio_vs_es`` (BET R@20 / ES R@20) beside the BET paper's ratio of the same
-  sparsity (LightGCN rows on Gowalla, spec §7.2; the paper has neither MF nor ML-1M);
+  sparsity (its LightGCN rows on Gowalla; the paper has neither MF nor ML-1M);
 - ``search_vs_full_train_ratio``: BET's search wall time per sparsity (T iterations of
   fine-tuning and the predictor's work, summed over resumes) over the wall time of one full
   training of the backbone measured in the same run (the pretraining of BET's reference);
@@ -15,7 +15,9 @@ optionally the ablations bet-random and bet-sizes-only) and writes
   predictor that sees only sizes);
 - T, m, h, K, the fine-tuning recipe and the popularity baseline.
 
-Usage:
+`main` is the command line (``benchmarks/bet_report.py`` runs it with the benchmarks' results
+folder):
+
     python benchmarks/bet_report.py benchmarks/results/paper_protocol/gowalla_mf
     python benchmarks/bet_report.py OUT --name bet_gowalla_mf
 """
@@ -25,13 +27,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tfembsize import _io
+from tfembsize.protocol.paper import paper_cell
+from tfembsize.protocol.report import spearman
 
-PAPER_DATASET = "gowalla"  # the BET paper's data set with ES/MR rows (spec §7.2)
+__all__ = ["proxy_vs_retraining", "build_report", "read_note", "diagnostics_stem", "main"]
+
+PAPER_DATASET = "gowalla"  # the BET paper's data set with ES/MR rows
 PAPER_BACKBONE = "lightgcn"
 PAPER_BACKBONES = ("lightgcn", "ngcf", "ncf")  # all of the paper's BET/ES columns
 ABLATIONS = ("bet", "bet-random", "bet-sizes-only")
@@ -61,11 +69,9 @@ def proxy_vs_retraining(results: dict, diagnostics: dict | None = None) -> dict:
     the proxy but not after retraining, the proxy, not the search, is what fails.
 
     Args:
-        results: the parsed ``results.json`` of ``benchmarks/paper_protocol.py``.
+        results: the parsed ``results.json`` of the protocol's command line.
         diagnostics: the parsed diagnostics file, or None.
     """
-    from common import spearman
-
     cells = {
         (c["method"], c["sparsity"]): c
         for c in results.get("cells", [])
@@ -108,14 +114,12 @@ def build_report(
     """The payload and the markdown of the report from a protocol ``results.json``.
 
     Args:
-        results: the parsed ``results.json`` of ``benchmarks/paper_protocol.py``.
+        results: the parsed ``results.json`` of the protocol's command line.
         source: its path (recorded).
-        note: free text for the report (e.g. why T differs from the spec's 50).
+        note: free text for the report (e.g. why T differs from the paper's 50).
         diagnostics: the ``bet_diagnostics.py`` fine-tuning probes of the same run, if any
             (adds ES's fitness to the proxy-vs-retraining table).
     """
-    from tfembsize.protocol import paper_cell
-
     cfg = results["config"]
     rows = {(r["method"], r["sparsity"]): r for r in results["summary"]}
     sparsities = sorted({c for _, c in rows if c is not None})
@@ -189,8 +193,7 @@ def build_report(
         "proxy_vs_retraining": proxy_vs_retraining(results, diagnostics),
         "ratio_vs_es": {f"{e['sparsity']:g}": e["ratio_vs_es"] for e in table},
         "paper_ratio_vs_es": {f"{e['sparsity']:g}": e["paper_ratio_vs_es"] for e in table},
-        "paper_ratio_source": f"BET paper (WSDM 2024) {PAPER_DATASET} {PAPER_BACKBONE} rows, "
-        "spec §7.2",
+        "paper_ratio_source": f"BET paper (WSDM 2024) {PAPER_DATASET} {PAPER_BACKBONE} rows",
         "paper_ratio_vs_es_by_backbone": {
             f"{e['sparsity']:g}": e["paper_ratio_vs_es_by_backbone"] for e in table
         },
@@ -222,7 +225,7 @@ def _markdown(p: dict) -> str:
     lines = [
         f"# BET vs ES vs MR: {p['dataset']}, {p['backbone'].upper()} backbone",
         "",
-        f"Paper protocol (spec §1): retrained from scratch with early stopping on validation, "
+        f"Paper protocol: retrained from scratch with early stopping on validation, "
         f"test ranks all items; seeds {p['seeds']}, N = {p['num_entities']:,} rows. BET: "
         f"T = {s.get('search_iterations', '—')}, m = {s.get('num_candidates', '—')}, "
         f"h = {s.get('finetune_epochs', '—')}, top K = {s.get('top_k', '—')} retrained, "
@@ -324,49 +327,68 @@ def _markdown(p: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def read_note(out: str | os.PathLike) -> str:
+    """The first paragraph of ``OUT/NOTES.md`` that is not a heading, on one line ("" if none)."""
+    notes = Path(out) / "NOTES.md"
+    if not notes.exists():
+        return ""
+    paragraphs = [p for p in notes.read_text().split("\n\n") if not p.startswith("#")]
+    return " ".join(paragraphs[0].split()) if paragraphs else ""
+
+
+def diagnostics_stem(results_dir: str | os.PathLike, dataset: str, backbone: str) -> Path:
+    """Path stem of the BET diagnostics of one run (add ``.finetune.json`` ...)."""
+    return Path(results_dir) / f"bet_diagnostics_{dataset}_{backbone}"
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    results_dir: str | os.PathLike = "results",
+    program: str | None = None,
+) -> int:
+    """The command line: ``OUT [--name NAME] [--note TEXT] [--diagnostics FILE]``.
+
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``).
+        results_dir: where ``<name>.{json,md}`` are written (and diagnostics looked up).
+        program: how the program is written in the results' ``command`` (default: as typed).
+    """
+    from tfembsize.protocol.provenance import write_results
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", help="output directory of benchmarks/paper_protocol.py")
+    parser.add_argument("out", help="output directory of the protocol's command line")
     parser.add_argument("--name", default=None, help="results name (bet_<dataset>_<backbone>)")
     parser.add_argument(
         "--note",
         default="",
-        help="text for the report, e.g. why T differs from the spec (default: OUT/NOTES.md's "
+        help="text for the report, e.g. why T differs from the paper (default: OUT/NOTES.md's "
         "first paragraph, if the file exists)",
     )
     parser.add_argument(
         "--diagnostics",
         default=None,
         help="bet_diagnostics.py fine-tuning probes of this run (default: "
-        "benchmarks/results/bet_diagnostics_<dataset>_<backbone>.finetune.json if it exists)",
+        "<results>/bet_diagnostics_<dataset>_<backbone>.finetune.json if it exists)",
     )
-    args = parser.parse_args(argv)
-    from common import diagnostics_stem, write_results
-
+    args = parser.parse_args(None if argv is None else list(argv))
     path = Path(args.out) / "results.json"
-    results = json.loads(path.read_text())
-    note = args.note
-    notes = Path(args.out) / "NOTES.md"
-    if not note and notes.exists():
-        paragraphs = [p for p in notes.read_text().split("\n\n") if not p.startswith("#")]
-        note = " ".join(paragraphs[0].split()) if paragraphs else ""
+    results = _io.read_json(path, what="protocol results")
+    note = args.note or read_note(args.out)
     cfg = results["config"]
     diagnostics_path = Path(
         args.diagnostics
-        or diagnostics_stem(cfg["name"], cfg["backbone"]).with_suffix(".finetune.json")
+        or diagnostics_stem(results_dir, cfg["name"], cfg["backbone"]).with_suffix(".finetune.json")
     )
     diagnostics = None
     if diagnostics_path.exists():
-        diagnostics = json.loads(diagnostics_path.read_text())
+        diagnostics = _io.read_json(diagnostics_path, what="BET diagnostics")
     elif args.diagnostics:
         parser.error(f"--diagnostics: no such file: {args.diagnostics!r}")
     payload, markdown = build_report(results, source=str(path), note=note, diagnostics=diagnostics)
     name = args.name or f"bet_{payload['dataset']}_{payload['backbone']}"
-    jpath, mpath = write_results(name, payload, markdown)
-    print(markdown)
-    print(f"Results: {jpath}\n         {mpath}")
+    jpath, mpath = write_results(results_dir, name, payload, markdown, program=program)
+    out = sys.stdout
+    out.write(markdown + "\n")
+    out.write(f"Results: {jpath}\n         {mpath}\n")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
