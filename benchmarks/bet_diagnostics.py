@@ -17,7 +17,7 @@ pretrained reference model (``OUT/work/reference__seed<s>``), and neither change
 
 ``--part surrogate``
     How well could the DeepSets surrogate rank the archived actions? Leave-one-out over each
-    sparsity's archive: a fresh surrogate (spec sizes, seed 0) is trained on the other
+    sparsity's archive: a fresh surrogate (default sizes, seed 0) is trained on the other
     actions and predicts the held-out one, (a) with BET's online schedule (N = 2 single-pair
     updates after each archived action, in archive order, lr 0.01 x0.9 per update floored at
     0.002) and (b) with a generous schedule (400 single-pair updates at the same learning
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import logging
 import os
 import sys
@@ -52,7 +51,15 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, command, diagnostics_stem, machine, now, spearman  # noqa: E402
+from common import RESULTS, command, diagnostics_stem, machine, now  # noqa: E402
+
+from tfembsize import _io  # noqa: E402
+from tfembsize.protocol.plan_stats import plan_share as _plan_share  # noqa: E402
+from tfembsize.protocol.plan_stats import side_cv as _side_cv  # noqa: E402
+from tfembsize.protocol.plan_stats import size_cv as _size_cv  # noqa: E402
+from tfembsize.protocol.plan_stats import spearman_or_nan as _spearman  # noqa: E402
+from tfembsize.protocol.plan_stats import split_plan as _split_plan  # noqa: E402
+from tfembsize.protocol.plan_stats import user_share as _user_share  # noqa: E402
 
 logger = logging.getLogger("bet_diagnostics")
 
@@ -80,14 +87,12 @@ def _out_stem(args: argparse.Namespace) -> Path:
 
 def _load(path: Path) -> dict:
     if path.exists():
-        return json.loads(path.read_text(encoding="utf-8"))
+        return _io.read_json(path, what="BET diagnostics")
     return {}
 
 
 def _save(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    _io.write_json(path, payload)
 
 
 def _controller(args: argparse.Namespace) -> Any:
@@ -100,28 +105,6 @@ def _controller(args: argparse.Namespace) -> Any:
     return BETController.load(os.path.join(latest[-1], "controller"))
 
 
-def _user_share(counts: np.ndarray) -> float:
-    sizes = np.arange(1, counts.shape[-1] + 1)
-    user, item = float(counts[0] @ sizes), float(counts[1] @ sizes)
-    return user / (user + item)
-
-
-def _plan_share(plan: Any, tables: dict[str, str]) -> float:
-    side = {"user": 0.0, "item": 0.0}
-    for name, kind in tables.items():
-        side[kind] += float(np.sum(plan[name]))
-    return side["user"] / (side["user"] + side["item"])
-
-
-def _split_plan(problem: Any, sparsity: float, share: float) -> Any:
-    """Uniform sizes within each side, the users' side getting ``share`` of the size budget."""
-    limit = problem.size_limit(sparsity)
-    n_users, n_items = problem.user_frequencies.size, problem.item_frequencies.size
-    d_user = int(np.clip(share * limit // n_users, 1, problem.d_max))
-    d_item = int(np.clip((limit - d_user * n_users) // n_items, 1, problem.d_max))
-    return problem.plan(np.full(n_users, d_user, np.int32), np.full(n_items, d_item, np.int32))
-
-
 # Part 1: the baselines under BET's fine-tuning ----------------------------------------------
 def finetune(args: argparse.Namespace) -> None:
     import paper_protocol
@@ -131,7 +114,7 @@ def finetune(args: argparse.Namespace) -> None:
     from tfembsize.metrics import RankingEvaluator
     from tfembsize.models import train_bpr
     from tfembsize.protocol.backbones import get_backbone
-    from tfembsize.protocol.bet import BETSettings, bet_finetune_config
+    from tfembsize.protocol.methods.bet import BETSettings, bet_finetune_config
     from tfembsize.search.environment import KerasEnvironment
 
     cli = ["--dataset", args.dataset, "--backbone", args.backbone, "--out", args.run]
@@ -226,11 +209,6 @@ def finetune(args: argparse.Namespace) -> None:
 
 
 # Part 2: can the surrogate rank the archive? ------------------------------------------------
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    rho = spearman(x, y, min_points=2)
-    return float("nan") if rho is None else rho
-
-
 def surrogate(args: argparse.Namespace) -> None:
     from tfembsize.surrogates import DeepSetsSurrogate
     from tfembsize.surrogates.deepsets import SortedSizes
@@ -301,20 +279,6 @@ def surrogate(args: argparse.Namespace) -> None:
 
 
 # Part 3: what the archive says about the landscape ---------------------------------------------
-def _size_cv(counts: np.ndarray) -> float:
-    """Coefficient of variation of the per-entity sizes (users and items pooled)."""
-    sizes = np.arange(1, counts.shape[-1] + 1, dtype=np.float64)
-    n = counts.sum(axis=0).astype(np.float64)
-    mean = float(n @ sizes / n.sum())
-    var = float(n @ (sizes - mean) ** 2 / n.sum())
-    return float(np.sqrt(var) / mean)
-
-
-def _side_cv(counts: np.ndarray) -> float:
-    """Mean over the two sides of the coefficient of variation of the sizes within the side."""
-    return float(np.mean([_size_cv(counts[s : s + 1]) for s in range(counts.shape[0])]))
-
-
 def landscape(args: argparse.Namespace) -> dict:
     """Per sparsity: how fitness relates to the inequality of the sizes and to w (no training)."""
     controller = _controller(args)

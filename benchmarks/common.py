@@ -1,15 +1,13 @@
-"""Helpers shared by the benchmark scripts: machine description and result writing."""
+"""Helpers shared by the benchmark scripts: timing, and the package's result writing.
+
+Provenance (command, machine, date) and results files come from
+`tfembsize.protocol.provenance`, imported on use so that a script can set environment
+variables before TensorFlow is imported.
+"""
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
-import os
-import platform
-import shlex
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,90 +17,31 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict[str, Any]:
-    """A description of this machine and software stack."""
-    import tensorflow as tf
+    """A description of this machine and software stack (`tfembsize.protocol.provenance`)."""
+    from tfembsize.protocol.provenance import machine as _machine
 
-    from tfembsize._keras import keras_version
-
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        with open("/proc/meminfo") as f:
-            mem_gib = round(int(f.readline().split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": mem_gib,
-        "gpu": bool(tf.config.list_physical_devices("GPU")),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras_version(),
-        "platform": platform.platform(),
-        "git_commit": commit,
-        # Other jobs on the machine when the results were written (1, 5, 15 min averages):
-        # ratios measured side by side stay meaningful, absolute times do not.
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
+    return _machine()
 
 
 def command() -> str:
     """The command line that ran this script, for the results file."""
-    env = " ".join(f"{k}={os.environ[k]}" for k in ("TF_USE_LEGACY_KERAS",) if os.environ.get(k))
-    cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    return f"{env} {cmd}".strip()
+    from tfembsize.protocol.provenance import command as _command
+
+    return _command()
 
 
 def now() -> str:
     """UTC timestamp."""
-    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    from tfembsize.protocol.provenance import now as _now
+
+    return _now()
 
 
 def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
     """Writes ``results/<name>.json`` and ``results/<name>.md`` with command, machine, date."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"command": command(), "date": now(), "machine": machine()}
-    full = {**meta, **payload}
-    jpath = RESULTS / f"{name}.json"
-    tmp = jpath.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(full, indent=2, sort_keys=False, default=_jsonable) + "\n")
-    os.replace(tmp, jpath)
-    m = meta["machine"]
-    header = (
-        f"Command: `{meta['command']}`  \n"
-        f"Date: {meta['date']}  \n"
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, GPU: {m['gpu']}; "
-        f"Python {m['python']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}, "
-        f"commit {m['git_commit']}; load average {m['load_average']}\n\n"
-    )
-    mpath = RESULTS / f"{name}.md"
-    mpath.write_text(markdown.rstrip() + "\n\n" + header)
-    return jpath, mpath
+    from tfembsize.protocol.provenance import write_results as _write_results
 
-
-def _jsonable(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    return _write_results(RESULTS, name, payload, markdown)
 
 
 def alternate_clocks(
@@ -141,23 +80,17 @@ def alternate(
 
 
 def spearman(x: Any, y: Any, min_points: int = 3) -> float | None:
-    """Spearman rank correlation of ``x`` and ``y``, or None where it is undefined.
+    """Spearman rank correlation, None where undefined (`tfembsize.protocol.report.spearman`)."""
+    from tfembsize.protocol.report import spearman as _spearman
 
-    Undefined means fewer than ``min_points`` pairs or a constant side (scipy would warn and
-    return nan there).
-    """
-    import numpy as np
-    from scipy.stats import spearmanr
-
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) < min_points or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None
-    return float(spearmanr(x, y).statistic)
+    return _spearman(x, y, min_points=min_points)
 
 
 def diagnostics_stem(dataset: str, backbone: str) -> Path:
     """Path stem of ``bet_diagnostics.py``'s results for one run (add ``.finetune.json`` ...)."""
-    return RESULTS / f"bet_diagnostics_{dataset}_{backbone}"
+    from tfembsize.protocol.bet_report import diagnostics_stem as _stem
+
+    return _stem(RESULTS, dataset, backbone)
 
 
 def median_ratio(times: dict[str, list[float]], num: str, den: str) -> float:

@@ -165,7 +165,7 @@ def trained_pep_masks(work: Path, workdir: Path) -> dict:
     """Bytes of exports of *trained* PEP masks (a paper-protocol ``pep`` work directory).
 
     ``work`` holds ``initial_tables.npz`` and ``masks_<c>.npz`` (user/item masks captured by
-    `tfembsize.protocol.pep`). For each c the lottery ticket (initial values x mask) is put
+    `tfembsize.protocol.methods.pep`). For each c the lottery ticket (initial values x mask) is put
     in `PEPEmbedding` layers, exported with `save_compressed`, and measured like the synthetic
     masks, beside the same lower bounds.
     """
@@ -569,7 +569,8 @@ def markdown(p: dict) -> str:
     if trained:
         lines += [
             "",
-            "The same for **trained PEP masks**: the masks `tfembsize.protocol.pep` captured on "
+            "The same for **trained PEP masks**: the masks `tfembsize.protocol.methods.pep` "
+            "captured on "
             f"ML-1M with MF (`{trained['source']}`, rows {{users, items}} = "
             f"{next(iter(trained['by_sparsity'].values()))['rows']}), exported with the "
             "default layout:",

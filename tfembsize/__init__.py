@@ -4,11 +4,10 @@ Keras comes from `tfembsize._keras` (Keras 3, or tf-keras under ``TF_USE_LEGACY_
 """
 
 from tfembsize import controllers, data, export, layers, metrics, models, search, surrogates
+from tfembsize._version import __version__
 from tfembsize.budget import Budget
 from tfembsize.errors import BudgetExceededError, BudgetInfeasibleError
 from tfembsize.plan import SizePlan
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Budget",

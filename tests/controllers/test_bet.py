@@ -225,6 +225,67 @@ def test_best_plan_after_retraining_is_chosen_by_retrain_fitness():
     assert controller.best_plan() == max(final, key=lambda x: x[0])[1].plan
     top = controller.top_actions()
     assert [a.retrain_fitness for a in top] == [f for f, _ in final]
+    assert [a.retrain_value for a in top] == [pytest.approx(0.3 * f) for f, _ in final]
+
+
+class MonitorEnvironment(FakeEnvironment):
+    """Final steps report a chosen validation Recall@20 per retraining, unlike their quality."""
+
+    def __init__(self, observation, recalls):
+        super().__init__(observation)
+        self.recalls = list(recalls)
+
+    def step(self, decision):
+        fb = super().step(decision)
+        if decision.phase != "final":
+            return fb
+        return fb.replace(metrics={"recall@20": self.recalls.pop(0), "ndcg@20": 0.5})
+
+
+@pytest.mark.parametrize(
+    "recalls,winner",
+    [((0.20, 0.30, 0.10), 1), ((0.25, 0.25, 0.10), 0), ((0.10, 0.25, 0.25), 1)],
+    ids=["highest-recall", "tie-to-first", "tie-to-better-rank"],
+)
+def test_retrained_winner_is_the_monitor_value_ties_to_the_better_search_rank(recalls, winner):
+    """The rule of `tfembsize.search.selection.choose_winner`, as in the paper protocol."""
+    obs = make_observation()
+    controller = small_bet(search_iterations=5, top_k=3)
+    steps = drive(controller, MonitorEnvironment(obs, recalls))
+    final = [d for d, _ in steps if d.phase == "final"]
+    assert [d.info["retrain_rank"] for d in final] == [0, 1, 2]
+    assert controller.best_plan() == final[winner].plan
+    assert [a.retrain_value for a in controller.top_actions()] == list(recalls)
+    by_ndcg = small_bet(search_iterations=5, top_k=3, monitor="ndcg@20")
+    assert by_ndcg.get_config()["monitor"] == "ndcg@20"
+    assert "monitor" not in controller.get_config()  # the default: old saved states restore
+    drive(by_ndcg, MonitorEnvironment(obs, recalls))
+    assert by_ndcg.best_plan() == final[0].plan  # all ndcg@20 tie: the best search rank
+
+
+def test_a_monitor_the_feedback_lacks_is_a_clear_error():
+    obs = make_observation()
+    controller = small_bet(search_iterations=2, top_k=1, monitor="recall@50")
+    with pytest.raises(ValueError, match=r"has no 'recall@50'; it has \['recall@20'\]"):
+        drive(controller, FakeEnvironment(obs))
+    with pytest.raises(ValueError, match="`monitor` must be 'quality' or a metric"):
+        small_bet(monitor="best")
+
+
+def test_candidates_are_the_archive_and_top_actions_their_shortlist():
+    from tfembsize.search.selection import shortlist
+
+    obs = make_observation()
+    controller = small_bet(retrain=False, search_iterations=6)
+    drive(controller, FakeEnvironment(obs))
+    cands = controller.candidates()
+    archive = controller.archive()
+    assert [c.score for c in cands] == list(archive.fitness)
+    assert [c.info["iteration"] for c in cands] == list(archive.iterations)
+    short = shortlist(cands, 3, Budget(sparsity=0.9, d_max=obs.d_max))
+    top = controller.top_actions(3)
+    assert [a.plan for a in top] == short.plans
+    assert [a.iteration for a in top] == [e.candidate.info["iteration"] for e in short.entries]
 
 
 @pytest.mark.parametrize(
@@ -277,7 +338,12 @@ def test_runs_under_the_search_loop_and_resumes(tmp_path):
         def step(self, plan, mode="scratch", **kwargs):
             self.calls.append((mode, kwargs))
             r = self.fake.fitness(plan)
-            return Feedback(quality=0.2 * r, quality_ratio=r, usable_params=plan.total_params())
+            return Feedback(
+                quality=0.2 * r,
+                quality_ratio=r,
+                metrics={"recall@20": 0.3 * r},
+                usable_params=plan.total_params(),
+            )
 
         def snapshot(self):
             pass

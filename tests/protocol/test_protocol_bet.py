@@ -1,9 +1,6 @@
 """BET in the paper protocol: one shared search, top-K retraining, resume, budgets, report."""
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,14 +8,23 @@ import pytest
 from tfembsize.budget import Budget
 from tfembsize.data import synthetic
 from tfembsize.models import TrainConfig, train_bpr
-from tfembsize.protocol import ProtocolConfig, available_methods, get_method, run_protocol
-from tfembsize.protocol.bet import BETSettings, bet_controller, bet_finetune_config
+from tfembsize.protocol import (
+    ProtocolConfig,
+    available_methods,
+    bet_report,
+    cli,
+    get_method,
+    plan_stats,
+    run_protocol,
+)
+from tfembsize.protocol.bet_report import diagnostics_stem
+from tfembsize.protocol.methods.bet import BETSettings, bet_controller, bet_finetune_config
+from tfembsize.protocol.report import spearman
 from tfembsize.search import load_history
 
 D = 8
 RECIPE = TrainConfig(learning_rate=0.01, batch_size=128, max_steps=40, eval_every=20, patience=1)
 TINY = {"search_iterations": 3, "num_candidates": 4, "finetune_epochs": 1, "top_k": 2}
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -215,8 +221,8 @@ def test_reuse_cells_from_another_run(tmp_path, split):
     assert len(other.calls) == 1
 
 
-def test_command_line_and_bet_report(tmp_path, monkeypatch):
-    """paper_protocol.py --bet-* flags (and a `full` cell), then bet_report.py on its output."""
+def test_command_line_and_bet_report(tmp_path):
+    """The CLI's --bet-* flags (and a `full` cell), then the BET report on its output."""
     data = synthetic(60, 80, 1200, seed=0)
     folder = tmp_path / "gowalla"
     folder.mkdir()
@@ -224,21 +230,17 @@ def test_command_line_and_bet_report(tmp_path, monkeypatch):
     lines = [" ".join(map(str, [u, *indices[indptr[u] : indptr[u + 1]]])) for u in range(60)]
     (folder / "train.txt").write_text("\n".join(lines[:40]) + "\n")
     (folder / "test.txt").write_text("\n".join(lines[40:]) + "\n")
-    bet_report = _benchmark_module("bet_report")
-    common = _benchmark_module("common")
-    paper_protocol = _benchmark_module("paper_protocol")
     out = tmp_path / "out"
     argv = f"--data-dir {folder} --backbone mf --methods es,mr,bet,full --sparsity 0.8 --seeds 1 "
     argv += f"--out {out} --d-max 10 --lr 0.01 --batch-size 128 --max-steps 20 --eval-every 20 "
     argv += "--bet-iterations 2 --bet-candidates 3 --bet-epochs 0.5 --bet-top-k 1 --verbose 0"
-    assert paper_protocol.main(argv.split()) == 0
+    assert cli.main(argv.split()) == 0
     results = json.loads((out / "results.json").read_text())
     options = {"search_iterations": 2, "num_candidates": 3, "finetune_epochs": 0.5, "top_k": 1}
     assert results["config"]["method_options"] == {"bet": options}
 
-    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     (out / "NOTES.md").write_text("# Notes\n\nT reduced\nfor CI.\n\nDetails.\n")
-    assert bet_report.main([str(out)]) == 0
+    assert bet_report.main([str(out)], results_dir=tmp_path / "results") == 0
     report = json.loads((tmp_path / "results" / "bet_gowalla_mf.json").read_text())
     cells = {c["method"]: c for c in results["cells"]}
     ratio = cells["bet"]["test"]["recall@20"] / cells["es"]["test"]["recall@20"]
@@ -263,32 +265,20 @@ def test_command_line_and_bet_report(tmp_path, monkeypatch):
     assert np.isfinite(report["rows"][0]["search_time"])
 
 
-def _benchmark_module(name: str):
-    """Imports ``benchmarks/<name>.py`` (the scripts import each other by bare name)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-
-
-def test_common_spearman_and_diagnostics_stem(tmp_path, monkeypatch):
-    """The benchmarks' shared Spearman (None where undefined) and diagnostics path."""
-    common = _benchmark_module("common")
+def test_spearman_and_diagnostics_stem(tmp_path):
+    """The reports' Spearman (None where undefined) and the diagnostics path."""
     # ranks (1, 2, 3) vs (1, 3, 2): d = (0, 1, 1), rho = 1 - 6 * 2 / (3 * 8) = 0.5
-    assert common.spearman([0.1, 0.2, 0.3], [5.0, 9.0, 7.0]) == pytest.approx(0.5)
-    assert common.spearman([3, 2, 1], [1, 2, 3]) == pytest.approx(-1.0)
-    assert common.spearman([1, 2], [2, 1]) is None
-    assert common.spearman([1, 2], [2, 1], min_points=2) == pytest.approx(-1.0)
-    assert common.spearman([1, 1, 1], [1, 2, 3]) is None
-    assert common.spearman([1, 2, 3], [4, 4, 4]) is None
-    monkeypatch.setattr(common, "RESULTS", tmp_path)
-    assert common.diagnostics_stem("gowalla", "mf") == tmp_path / "bet_diagnostics_gowalla_mf"
+    assert spearman([0.1, 0.2, 0.3], [5.0, 9.0, 7.0]) == pytest.approx(0.5)
+    assert spearman([3, 2, 1], [1, 2, 3]) == pytest.approx(-1.0)
+    assert spearman([1, 2], [2, 1]) is None
+    assert spearman([1, 2], [2, 1], min_points=2) == pytest.approx(-1.0)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
+    assert spearman([1, 2, 3], [4, 4, 4]) is None
+    assert diagnostics_stem(tmp_path, "gowalla", "mf") == tmp_path / "bet_diagnostics_gowalla_mf"
 
 
 def test_bet_report_proxy_vs_retraining_hand_computed():
     """BET's search fitness beside its retrained validation R@20, and ES's under both."""
-    bet_report = _benchmark_module("bet_report")
     candidates = [
         {"rank": r, "search_fitness": f, "validation": {"recall@20": v}}
         for r, (f, v) in enumerate([(0.9, 0.20), (0.8, 0.22), (0.7, 0.18)])
@@ -318,20 +308,20 @@ def test_bet_report_proxy_vs_retraining_hand_computed():
 
 
 def test_bet_report_missing_diagnostics_file_is_an_error(tmp_path, capsys):
-    bet_report = _benchmark_module("bet_report")
     out = tmp_path / "run"
     out.mkdir()
     (out / "results.json").write_text(json.dumps({"config": {"name": "x", "backbone": "mf"}}))
     with pytest.raises(SystemExit):
-        bet_report.main([str(out), "--diagnostics", str(tmp_path / "nope.json")])
+        bet_report.main(
+            [str(out), "--diagnostics", str(tmp_path / "nope.json")], results_dir=tmp_path
+        )
     assert "--diagnostics: no such file" in capsys.readouterr().err
 
 
 def test_bet_diagnostics_plan_helpers_hand_computed():
-    """bet_diagnostics.py's split-w probe plan, user share and size cv, by hand."""
+    """The diagnostics' split-w probe plan, user share and size cv, by hand."""
     from tfembsize.controllers.base import Problem
 
-    bet_diagnostics = _benchmark_module("bet_diagnostics")
     problem = Problem(
         tables={"u": "user", "i": "item"},
         d_max=8,
@@ -343,15 +333,15 @@ def test_bet_diagnostics_plan_helpers_hand_computed():
     )
     # B(0.5) = floor(0.5 * 8 * 8) = 32 size units; users get 0.7 * 32 // 3 = 7 each,
     # items (32 - 21) // 5 = 2 each: 31 <= 32 parameters.
-    plan = bet_diagnostics._split_plan(problem, 0.5, 0.7)
+    plan = plan_stats.split_plan(problem, 0.5, 0.7)
     np.testing.assert_array_equal(plan["u"], [7, 7, 7])
     np.testing.assert_array_equal(plan["i"], [2, 2, 2, 2, 2])
     plan.check(Budget(sparsity=0.5, d_max=8))
-    assert bet_diagnostics._plan_share(plan, problem.tables) == pytest.approx(21 / 31)
+    assert plan_stats.plan_share(plan, problem.tables) == pytest.approx(21 / 31)
     counts = np.zeros((2, 8), np.int64)  # entities per size (column d-1), per side
     counts[0, 6], counts[1, 1] = 3, 5
-    assert bet_diagnostics._user_share(counts) == pytest.approx(21 / 31)
+    assert plan_stats.user_share(counts) == pytest.approx(21 / 31)
     # pooled sizes (7, 7, 7, 2, 2, 2, 2, 2): mean 3.875, variance 46.875 / 8
-    assert bet_diagnostics._size_cv(counts) == pytest.approx(np.sqrt(46.875 / 8) / 3.875)
-    assert bet_diagnostics._side_cv(counts) == 0.0
-    assert np.isnan(bet_diagnostics._spearman(np.array([1.0, 2.0]), np.array([3.0, 3.0])))
+    assert plan_stats.size_cv(counts) == pytest.approx(np.sqrt(46.875 / 8) / 3.875)
+    assert plan_stats.side_cv(counts) == 0.0
+    assert np.isnan(plan_stats.spearman_or_nan(np.array([1.0, 2.0]), np.array([3.0, 3.0])))

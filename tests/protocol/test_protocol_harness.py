@@ -1,5 +1,4 @@
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -139,11 +138,8 @@ def test_command_line_on_a_lightgcn_format_folder(tmp_path, split):
     ]
     (folder / "train.txt").write_text("\n".join(lines[:40]) + "\n")
     (folder / "test.txt").write_text("\n".join(lines[40:]) + "\n")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    try:
-        import paper_protocol
-    finally:
-        sys.path.pop(0)
+    from tfembsize.protocol import cli
+
     out = tmp_path / "out"
     argv = [
         "--data-dir",
@@ -171,12 +167,12 @@ def test_command_line_on_a_lightgcn_format_folder(tmp_path, split):
         "--verbose",
         "0",
     ]
-    assert paper_protocol.main(argv) == 0
+    assert cli.main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["name"] == "gowalla"
     assert results["dataset"]["num_users"] == 60
     assert results["paper"]["es__c0.8"]["recall@20"] == 0.1674
-    assert results["command"].startswith("python benchmarks/paper_protocol.py --data-dir")
+    assert results["command"].startswith("python -m tfembsize.protocol --data-dir")
     assert "machine" in results and "date" in results
     md = (out / "results.md").read_text()
     assert ".1674 / .1400 (LightGCN; paper has no MF column)" in md

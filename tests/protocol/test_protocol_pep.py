@@ -10,7 +10,7 @@ from tfembsize.data import synthetic
 from tfembsize.layers.pep_embedding import PEPEmbedding, find_pep_layers
 from tfembsize.models import TrainConfig, train_bpr
 from tfembsize.protocol import ProtocolConfig, available_methods, get_method, run_protocol
-from tfembsize.protocol.pep import pep_config
+from tfembsize.protocol.methods.pep import pep_config
 
 D = 8
 RECIPE = TrainConfig(learning_rate=0.01, batch_size=32, max_steps=40, eval_every=20, patience=1)

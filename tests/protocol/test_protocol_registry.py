@@ -71,7 +71,16 @@ def test_paper_cells():
 
 
 @pytest.mark.parametrize(
-    "name", ["tfembsize.protocol.paper", "tfembsize.protocol.bet", "tfembsize.records.feedback"]
+    "name",
+    [
+        "tfembsize.protocol.paper",
+        "tfembsize.protocol.methods.bet",
+        "tfembsize.protocol.settings",
+        "tfembsize.protocol.report",
+        "tfembsize.protocol.plan_stats",
+        "tfembsize.records.feedback",
+        "tfembsize.search.selection",
+    ],
 )
 def test_docstring_examples(name):
     import doctest

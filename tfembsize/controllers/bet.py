@@ -19,6 +19,14 @@ from tfembsize.controllers.base import (
 )
 from tfembsize.controllers.bet_sampler import FAMILIES, SPLITS, BudgetedActionSampler
 from tfembsize.plan import SizePlan
+from tfembsize.search.selection import (
+    Candidate,
+    Shortlist,
+    choose_winner,
+    rank_distinct,
+    selection_value,
+    shortlist,
+)
 from tfembsize.surrogates.deepsets import FEATURES, DeepSetsSurrogate, SortedSizes
 
 __all__ = ["BETController", "ArchivedAction", "Archive", "STRATEGIES"]
@@ -30,6 +38,7 @@ STRATEGIES = ("predict", "random", "nearest")
 action in surrogate embedding space (III)."""
 
 _DEFAULT_CYCLE = ("predict", "predict", "predict", "random", "nearest")
+_DEFAULT_MONITOR = "recall@20"
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,6 +53,8 @@ class ArchivedAction:
         strategy: how it was chosen (one of `STRATEGIES`).
         sparsity: its target sparsity.
         retrain_fitness: fitness after full retraining (None if not retrained).
+        retrain_value: the validation ``monitor`` value after full retraining (None if not
+            retrained); the best one is `best_plan`.
     """
 
     plan: SizePlan
@@ -53,6 +64,7 @@ class ArchivedAction:
     strategy: str
     sparsity: float
     retrain_fitness: float | None = None
+    retrain_value: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,6 +108,7 @@ class _Search:
         self.t = 0  # search iterations told
         self.failed = 0
         self.retrain_fitness: list[float | None] = []
+        self.retrain_values: list[float | None] = []
         d = d_max or 1
         self.counts = np.zeros((0, 2, d), np.int64)
         self.fitness = np.zeros(0, np.float64)
@@ -116,15 +129,9 @@ class _Search:
 
     def ranking(self) -> np.ndarray:
         """Archive indices by fitness (descending), ties by earlier iteration; duplicates out."""
-        order = np.lexsort((self.iterations, -self.fitness))
-        seen: list[np.ndarray] = []
-        out = []
-        for i in order:
-            if any(np.array_equal(self.counts[i], c) for c in seen):
-                continue
-            seen.append(self.counts[i])
-            out.append(int(i))
-        return np.asarray(out, np.int64)
+        # The archive is in iteration order, so "ties to the earlier index" is "earlier
+        # iteration"; the same rule as the selective retraining's shortlist.
+        return np.asarray(rank_distinct(self.fitness, list(self.counts)), np.int64)
 
 
 class BETController(Controller):
@@ -140,8 +147,10 @@ class BETController(Controller):
     the snapshot each time (``mode="snapshot"``). The fitness told back (the validation
     quality ratio to the full model, `Feedback.quality_ratio`) joins the archive, and the
     `DeepSetsSurrogate` makes N = 2 online updates. After T iterations the top K distinct
-    actions are retrained from scratch (``mode="scratch"``, ``phase="final"``); the best by
-    validation fitness is `best_plan`.
+    actions within the budget (`tfembsize.search.selection.shortlist`) are retrained from
+    scratch (``mode="scratch"``, ``phase="final"``); `best_plan` is the one with the highest
+    validation ``monitor`` value, ties to the better search rank
+    (`tfembsize.search.selection.choose_winner`, the rule of the paper protocol too).
 
     Several sparsities run one after another in one controller, each with its own budget,
     archive, surrogate and generator (derived from the seed and the sparsity, so a
@@ -156,6 +165,9 @@ class BETController(Controller):
         strategy_cycle: strategy of iteration t is ``strategy_cycle[t % len]``; names from
             `STRATEGIES`. ``("random",)`` is the random-selection ablation.
         top_k: K, actions retrained from scratch at the end (5).
+        monitor: the validation number the retrained actions are chosen by: ``"quality"`` or
+            a metric of the feedback such as ``"recall@20"`` (the default, the number early
+            stopping selects on by default).
         retrain: whether to ask for the selective retraining (K ``"scratch"`` decisions per
             sparsity). With False the controller stops after the search and `best_plan` is
             the best archived action; `top_actions` gives the candidates to retrain yourself.
@@ -203,6 +215,7 @@ class BETController(Controller):
         finetune_steps: int | None = None,
         strategy_cycle: Sequence[str] = _DEFAULT_CYCLE,
         top_k: int = 5,
+        monitor: str = _DEFAULT_MONITOR,
         retrain: bool = True,
         split: str = "feasible",
         per_action_distribution: bool = True,
@@ -245,6 +258,11 @@ class BETController(Controller):
                 f"`strategy_cycle` must be a non-empty sequence of {STRATEGIES}. Received: "
                 f"strategy_cycle={strategy_cycle!r}"
             )
+        if not isinstance(monitor, str) or not (monitor == "quality" or "@" in monitor):
+            raise ValueError(
+                "`monitor` must be 'quality' or a metric such as 'recall@20'. Received: "
+                f"monitor={monitor!r}"
+            )
         if split not in SPLITS:
             raise ValueError(f"`split` must be one of {SPLITS}. Received: split={split!r}")
         families = tuple(families)
@@ -262,6 +280,7 @@ class BETController(Controller):
         self.finetune_steps = None if finetune_steps is None else int(finetune_steps)
         self.strategy_cycle = cycle
         self.top_k = int(top_k)
+        self.monitor = monitor
         self.retrain = bool(retrain)
         self.split = split
         self.per_action_distribution = bool(per_action_distribution)
@@ -281,11 +300,18 @@ class BETController(Controller):
         self._surrogate_digest: str | None = None
         self._chosen: dict | None = None  # the pending action (in memory only)
         self._warned_no_ratio = False
+        self._warned_no_monitor = False
 
     def get_config(self) -> dict:
-        """The constructor arguments."""
+        """The constructor arguments.
+
+        ``monitor`` is listed only when it is not the default, so states saved before it
+        existed still restore.
+        """
+        monitor = {} if self.monitor == _DEFAULT_MONITOR else {"monitor": self.monitor}
         return {
             **super().get_config(),
+            **monitor,
             "search_iterations": self.search_iterations,
             "num_candidates": self.num_candidates,
             "finetune_epochs": self.finetune_epochs,
@@ -411,13 +437,17 @@ class BETController(Controller):
         sampler = self._samplers[i]
         if search.t < self.search_iterations:
             return self._ask_search(i, search, sampler, budget)
-        ranking = search.ranking()
+        short = self._shortlist(i, self.top_k)
         j = len(search.retrain_fitness)
-        a = int(ranking[j])
-        users, items = sampler.entity_sizes(search.counts[a])
+        if j >= len(short):
+            raise RuntimeError(
+                f"BETController: {len(short)} of the top {self.top_k} actions at c={c:g} are "
+                f"within the budget, {self._num_retrain(search)} were expected."
+            )
+        a = short.entries[j].index
         self._chosen = {"kind": "retrain", "search": i, "archive_index": a}
         return Decision(
-            plan=self.problem.plan(users, items),
+            plan=short.entries[j].plan,
             mode="scratch",
             budget=budget,
             phase="final",
@@ -504,15 +534,27 @@ class BETController(Controller):
                 "validation quality as fitness."
             )
         if chosen["kind"] == "retrain":
+            value = selection_value(feedback, self.monitor) if feedback.ok else None
             search.retrain_fitness.append(fitness)
+            search.retrain_values.append(value)
             if fitness is not None:
-                self._metrics = {f"{c:g}/retrain_fitness": fitness}
+                self._metrics = {f"{c:g}/retrain_fitness": fitness, f"{c:g}/retrain_value": value}
             return
         t = search.t
         search.t += 1
         if fitness is None:
             search.failed += 1
             return
+        if self.retrain and not self._warned_no_monitor and self.monitor != "quality":
+            if self.monitor not in feedback.metrics:
+                self._warned_no_monitor = True
+                logger.warning(
+                    "Feedback has no %r (it has %s): the final retraining cannot choose by "
+                    "it. Pass BETController(monitor=...) with a metric the environment reports "
+                    "or 'quality'.",
+                    self.monitor,
+                    sorted(feedback.metrics),
+                )
         search.append(chosen["counts"], fitness, chosen["predicted"], t, chosen["strategy"])
         sampler = self._samplers[i]
         info = self._surrogates[i].update(
@@ -560,23 +602,58 @@ class BETController(Controller):
         if self._samplers is None:
             raise RuntimeError("top_actions needs the problem: ask once or restore first.")
         search = self._searches[i]
-        sampler = self._samplers[i]
         out = []
-        for rank, a in enumerate(search.ranking()[:k]):
-            users, items = sampler.entity_sizes(search.counts[a])
-            retrained = search.retrain_fitness[rank] if rank < len(search.retrain_fitness) else None
+        for rank, entry in enumerate(self._shortlist(i, k).entries):
+            a = entry.index
+            told = rank < len(search.retrain_fitness)
             out.append(
                 ArchivedAction(
-                    plan=self.problem.plan(users, items),
+                    plan=entry.plan,
                     fitness=float(search.fitness[a]),
                     predicted_fitness=float(search.predicted[a]),
                     iteration=int(search.iterations[a]),
                     strategy=STRATEGIES[int(search.strategies[a])],
                     sparsity=search.sparsity,
-                    retrain_fitness=retrained,
+                    retrain_fitness=search.retrain_fitness[rank] if told else None,
+                    retrain_value=search.retrain_values[rank] if told else None,
                 )
             )
         return out
+
+    def candidates(self, sparsity: float | None = None) -> list[Candidate]:
+        """Every archived action of ``sparsity`` as a selection `Candidate`, in archive order.
+
+        The score is the search fitness; ``info`` holds ``iteration``, ``predicted_fitness``,
+        ``strategy`` and ``archive_index``. `tfembsize.search.selection.shortlist` of these is
+        what `top_actions` and the final retraining use.
+
+        Raises:
+            RuntimeError: the frequencies are unknown (no ask and no restore yet).
+        """
+        i = self._index(sparsity)
+        if self._samplers is None:
+            raise RuntimeError("candidates needs the problem: ask once or restore first.")
+        search, sampler = self._searches[i], self._samplers[i]
+        out = []
+        for a in range(len(search.fitness)):
+            users, items = sampler.entity_sizes(search.counts[a])
+            out.append(
+                Candidate(
+                    plan=self.problem.plan(users, items),
+                    score=float(search.fitness[a]),
+                    info={
+                        "archive_index": a,
+                        "iteration": int(search.iterations[a]),
+                        "predicted_fitness": float(search.predicted[a]),
+                        "strategy": STRATEGIES[int(search.strategies[a])],
+                    },
+                )
+            )
+        return out
+
+    def _shortlist(self, i: int, k: int) -> Shortlist:
+        c = self._searches[i].sparsity
+        return shortlist(self.candidates(c), k, self.problem.budget(c))
 
     def _best_plan(self, sparsity: float) -> SizePlan | None:
         if self._samplers is None:
@@ -585,11 +662,11 @@ class BETController(Controller):
         search = self._searches[i]
         if len(search.fitness) == 0:
             return None
-        ranking = search.ranking()
-        told = [(f, r) for r, f in enumerate(search.retrain_fitness) if f is not None]
-        a = int(ranking[max(told, key=lambda x: (x[0], -x[1]))[1]]) if told else int(ranking[0])
-        users, items = self._samplers[i].entity_sizes(search.counts[a])
-        return self.problem.plan(users, items)
+        short = self._shortlist(i, max(1, len(search.retrain_values)))
+        if short.missed:
+            return None
+        winner = choose_winner(search.retrain_values)
+        return short.entries[0 if winner is None else winner].plan
 
     # State -------------------------------------------------------------------------------
     def _get_state(self) -> dict:
@@ -601,6 +678,7 @@ class BETController(Controller):
                     "failed": s.failed,
                     "archive_size": int(s.fitness.size),
                     "retrain_fitness": list(s.retrain_fitness),
+                    "retrain_values": list(s.retrain_values),
                     "rng": generator_state(s.rng),
                 }
                 for s in self._searches
@@ -615,6 +693,9 @@ class BETController(Controller):
             search.t = int(s["t"])
             search.failed = int(s["failed"])
             search.retrain_fitness = [None if f is None else float(f) for f in s["retrain_fitness"]]
+            values = list(s.get("retrain_values", []))  # absent in states saved before it
+            values += [None] * (len(search.retrain_fitness) - len(values))
+            search.retrain_values = [None if v is None else float(v) for v in values]
             set_generator_state(search.rng, s["rng"])
         self._chosen = None
 

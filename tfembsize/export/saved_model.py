@@ -607,7 +607,7 @@ def _metadata(
     default_k: int,
     jit_compile: bool,
 ) -> dict:
-    from tfembsize import __version__
+    from tfembsize._version import __version__
 
     return {
         "format": _FORMAT,

@@ -1,20 +1,28 @@
 """The paper protocol: a method registry and a resumable runner for comparable results.
 
-`run_protocol` evaluates every registered method the same way (spec §1): produce sizes,
-assert the budget, retrain from scratch with validation early stopping, report test
-Recall/NDCG@{5, 20} beside the papers' numbers and the popularity baseline.
-``benchmarks/paper_protocol.py`` is its command line. Size-search methods plug in by name:
+`run_protocol` evaluates every registered method the same way: produce sizes, assert the
+budget B(c) = floor((1 - c) d_max N), retrain from scratch with validation early stopping,
+report test Recall/NDCG@{5, 20} beside the papers' numbers and the popularity baseline.
+``python -m tfembsize.protocol`` (`tfembsize.protocol.cli`) is its command line. Size-search
+methods plug in by name, with an optional frozen dataclass of settings that the command line
+turns into ``--<group>-<field>`` options:
 
     from tfembsize.protocol import MethodOutput, register_method
 
-    @register_method("my-method")
+    @register_method("my-method", settings=MySettings)
     def my_method(ctx):          # ctx: MethodContext (split, sparsity, seed, directory, ...)
+        settings = ctx.settings()
         return MethodOutput(plan=...)
 
-BET and its ablations are registered as ``bet``, ``bet-random`` and ``bet-sizes-only``
-(`tfembsize.protocol.bet`: one multi-sparsity search per seed, top-5 retraining per cell).
+Modules: `registry` (methods by name; imports no method), `settings` (settings dataclasses),
+`context` (what a method sees and returns), `cells` (one cell), `config` (a run),
+`runner` (the run, resumable), `report` (summaries and tables), `methods` (the built-in
+methods, one module per family: baselines, BET and its ablations, PEP), `cli`.
 """
 
+from tfembsize.protocol.cells import CellResult, cell_key, run_cell
+from tfembsize.protocol.config import ProtocolConfig
+from tfembsize.protocol.context import MethodContext, MethodOutput, Retrained, model_usage
 from tfembsize.protocol.paper import PaperCell, paper_cell
 from tfembsize.protocol.registry import (
     Method,
@@ -23,24 +31,16 @@ from tfembsize.protocol.registry import (
     register_method,
     unregister_method,
 )
-from tfembsize.protocol.runner import (
-    CellResult,
-    MethodContext,
-    MethodOutput,
-    ProtocolConfig,
+from tfembsize.protocol.report import (
     ProtocolReport,
-    Retrained,
-    cell_key,
     markdown_report,
-    model_usage,
     popularity_result,
     ratio_vs_es,
-    run_cell,
-    run_protocol,
     search_times,
     summarise_cells,
     untrained_cells,
 )
+from tfembsize.protocol.runner import run_protocol
 
 __all__ = [
     "CellResult",

@@ -102,7 +102,7 @@ def default_train_config(backbone: str, split: Any) -> Any:
 
 def recipe_dict(config: Any, split: Any) -> dict:
     """The recipe as JSON, with the steps in one pass over the training interactions."""
-    from tfembsize.search._training import steps_per_epoch
+    from tfembsize.training.plan_training import steps_per_epoch
 
     d = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
     # The test is evaluated once by the runner; verbosity and XLA change how a cell runs, not

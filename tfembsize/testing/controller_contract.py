@@ -110,6 +110,7 @@ class FakeEnvironment:
         return Feedback(
             quality=0.2 * r,
             quality_ratio=r,
+            metrics={"recall@20": 0.3 * r},
             usable_params=decision.plan.total_params(),
             wall_time=0.0,
             mode=decision.mode,

@@ -126,6 +126,7 @@ def train_plan(
     *,
     plan: SizePlan | None = None,
     budget: Budget | None = None,
+    budget_what: str = "model to train",
     train_fn: Callable[..., Any] = train_bpr,
     train_steps: int | None = None,
     train_epochs: float | None = None,
@@ -144,6 +145,7 @@ def train_plan(
         plan: sizes to apply first (None: keep the model's sizes).
         budget: if given, the model's usable parameters (`model_usage`) are asserted within
             it before training.
+        budget_what: what the model is, in the over-budget message.
         train_fn: ``train_fn(model, split, evaluator, config=..., [checkpoint_dir=...])``
             returning a `TrainResult`-like object (``steps``, ``best_step``, ``final_loss``,
             ``validation``, ``wall_time``).
@@ -162,7 +164,7 @@ def train_plan(
         plan.apply(model)
     used, rows = model_usage(model)
     if budget is not None:
-        budget.check_total(used, rows, what="model to train")
+        budget.check_total(used, rows, what=budget_what)
     config = resolve_config(
         config, model, split, train_steps=train_steps, train_epochs=train_epochs, seed=seed
     )

@@ -1,6 +1,6 @@
 """PEP in the paper protocol: one pruning run per seed, one lottery ticket per cell.
 
-Spec §6 under the protocol of §1, for every cell (``pep``, c, seed):
+For every cell (``pep``, c, seed):
 
 1. **Pruning, once per seed for every sparsity.** The backbone (the protocol's builder, seeded
    with the cell's seed) gets `PEPEmbedding` tables and is trained with `PEPAdam` (coupled L2
@@ -9,7 +9,7 @@ Spec §6 under the protocol of §1, for every cell (``pep``, c, seed):
    run's sparsities. The run lives in `MethodContext.shared_directory` and is resumable: the
    first cell of a seed runs (or resumes) it, the other cells read its captures. Only the
    training loss is used here (no validation, as in the official code).
-2. **Retraining (§6.3).** The cell's ticket (tables ``E0 * M_c`` with the threshold off, the
+2. **Retraining.** The cell's ticket (tables ``E0 * M_c`` with the threshold off, the
    other weights from the same seed) is handed to the runner as ``build_model``, so it is
    retrained with exactly the recipe of every other method (`MethodContext.retrain`: early
    stopping on validation, best weights restored) and evaluated on test once. The runner
@@ -19,8 +19,11 @@ Spec §6 under the protocol of §1, for every cell (``pep``, c, seed):
 ``s0 = -15``, threshold rate 1e-3, coupled L2 1e-5 on every parameter, clip norm 100,
 feature-dimension thresholds) with the protocol recipe's learning rate and batch size for the
 tables. `MethodContext.options` (`ProtocolConfig.method_options["pep"]`) may override any
-`PEPConfig` field, e.g. ``{"max_steps": 80000, "threshold_init": -10.0}``. A target missed
-within ``max_steps`` fails its cell with the count reached (no over-budget mask is used).
+`PEPConfig` field, e.g. ``{"max_steps": 80000, "threshold_init": -10.0}``; the command line
+offers the fields a user tunes (`PEPSettings`) as ``--pep-max-steps``,
+``--pep-threshold-init``, ``--pep-threshold-lr``, ``--pep-threshold-l2`` and
+``--pep-rewind``. A target missed within ``max_steps`` fails its cell with the count reached
+(no over-budget mask is used).
 
 References:
     Liu et al., "Learnable Embedding Sizes for Recommender Systems", ICLR 2021.
@@ -28,16 +31,52 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from tfembsize.protocol.runner import MethodContext, MethodOutput
+from tfembsize.controllers.pep import PEPConfig
+from tfembsize.protocol.context import MethodContext, MethodOutput
+from tfembsize.protocol.registry import register_method
+from tfembsize.protocol.settings import setting
 
-__all__ = ["pep_config", "pep_method"]
+__all__ = ["PEPSettings", "pep_config", "pep_method"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PEPSettings:
+    """The pruning options of a protocol PEP run a user tunes (a subset of `PEPConfig`).
+
+    Defaults are `PEPConfig`'s (the official code's). Through the API,
+    `ProtocolConfig.method_options["pep"]` may set any other `PEPConfig` field too.
+
+    Attributes:
+        max_steps: cap on pruning steps; targets not reached by then are reported missed.
+        threshold_init: ``s0``, the initial threshold (lower prunes later).
+        threshold_lr: Adam's rate for the thresholds (about the threshold's rise per step).
+        threshold_l2: coupled L2 on the thresholds.
+        rewind: ``"initial"`` (lottery ticket ``E0 * M``) or ``"fresh"`` for the retraining.
+    """
+
+    max_steps: int = setting(PEPConfig.max_steps, help="PEP: cap on pruning steps")
+    threshold_init: float = setting(PEPConfig.threshold_init, help="PEP: initial threshold s0")
+    threshold_lr: float = setting(
+        PEPConfig.threshold_lr,
+        help="PEP: Adam's rate for the thresholds",
+    )
+    threshold_l2: float = setting(
+        PEPConfig.threshold_l2,
+        help="PEP: coupled L2 on the thresholds",
+    )
+    rewind: str = setting(PEPConfig.rewind, help="PEP: 'initial' or 'fresh' retraining")
+
+    def __post_init__(self) -> None:
+        PEPConfig(**dataclasses.asdict(self))  # PEPConfig's checks, with its messages
 
 
 def pep_config(options: Mapping[str, Any], train_config: Any = None) -> Any:
@@ -45,8 +84,9 @@ def pep_config(options: Mapping[str, Any], train_config: Any = None) -> Any:
 
     Args:
         options: `PEPConfig` fields to override.
-        train_config: the protocol's `TrainConfig`; its ``learning_rate`` and ``batch_size``
-            are the defaults of the pruning phase (so both phases see the same batches).
+        train_config: the protocol's `TrainConfig`; its ``learning_rate``, ``batch_size`` and
+            ``jit_compile`` are the defaults of the pruning phase (so both phases see the same
+            batches and pruning compiles with XLA when retraining does).
 
     Returns:
         A `tfembsize.controllers.pep.PEPConfig`.
@@ -54,18 +94,17 @@ def pep_config(options: Mapping[str, Any], train_config: Any = None) -> Any:
     Raises:
         ValueError: an unknown option or a bad value.
     """
-    from tfembsize.controllers.pep import PEPConfig
-
     values: dict[str, Any] = {}
     if train_config is not None:
         values["learning_rate"] = float(train_config.learning_rate)
         values["batch_size"] = int(train_config.batch_size)
+        values["jit_compile"] = bool(train_config.jit_compile)
     values.update({k: v for k, v in options.items() if v is not None})
     return PEPConfig.from_dict(values)
 
 
 def _index_overhead(capture: Any) -> dict:
-    """CSR index sizes of a capture (spec §6.4: reported apart from the usable count)."""
+    """CSR index sizes of a capture (reported apart from the usable count)."""
     rows = sum(int(m.shape[0]) for m in capture.masks.values())
     return {
         "format": "csr",
@@ -132,3 +171,12 @@ def pep_method(ctx: MethodContext) -> MethodOutput:
         capture.limit,
     )
     return MethodOutput(build_model=result.build_model, info=info)
+
+
+register_method(
+    "pep",
+    pep_method,
+    description="PEP: learnable soft thresholds (one pruning run per seed captures every "
+    "sparsity's mask), lottery-ticket retraining",
+    settings=PEPSettings,
+)

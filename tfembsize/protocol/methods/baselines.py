@@ -1,11 +1,10 @@
-"""Built-in methods of the paper protocol: ``full``, ``es``, ``mr``, ``frequency``, BET and PEP.
+"""The baseline methods of the paper protocol: ``full``, ``es``, ``mr`` and ``frequency``.
 
 The baselines go through the same ask/tell interface as the search methods: the method
 builds the controller (`tfembsize.controllers.ES`, `MR`, `FrequencyProportional`) for the
 cell's sparsity and seed, asks it once with the cell's `Observation`, and returns the plan.
-``bet``, ``bet-random`` and ``bet-sizes-only`` are BET and its two ablations
-(`tfembsize.protocol.bet`). ``pep`` is PEP's prune-then-retrain recipe
-(`tfembsize.protocol.pep`).
+BET and its ablations are in `tfembsize.protocol.methods.bet`, PEP in
+`tfembsize.protocol.methods.pep`.
 """
 
 from __future__ import annotations
@@ -13,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from tfembsize.protocol.context import MethodContext, MethodOutput
 from tfembsize.protocol.registry import register_method
-from tfembsize.protocol.runner import MethodContext, MethodOutput
 
 __all__ = ["full_size", "controller_method"]
 
@@ -77,33 +76,3 @@ register_method(
     controller_method(_frequency),
     description="sizes proportional to training frequency",
 )
-
-
-def _register_bet() -> None:
-    from tfembsize.protocol.bet import BET_VARIANTS, bet_method
-
-    descriptions = {
-        "bet": "BET: budgeted whole-table search with a DeepSets predictor (one search per "
-        "seed for all sparsities; top-5 retraining)",
-        "bet-random": "BET ablation: random candidate selection (no predictor)",
-        "bet-sizes-only": "BET ablation: the predictor sees only the sizes (no frequencies)",
-    }
-    for name, variant in BET_VARIANTS.items():
-        register_method(name, bet_method(**variant), description=descriptions[name])
-
-
-_register_bet()
-
-
-def _register_pep() -> None:
-    from tfembsize.protocol.pep import pep_method
-
-    register_method(
-        "pep",
-        pep_method,
-        description="PEP: learnable soft thresholds (one pruning run per seed captures every "
-        "sparsity's mask), lottery-ticket retraining",
-    )
-
-
-_register_pep()

@@ -1,6 +1,6 @@
 """BET in the paper protocol: one multi-sparsity search per seed, top-K retraining per cell.
 
-Spec §4 under the protocol of §1, for every cell (``bet``, c, seed):
+For every cell (``bet``, c, seed):
 
 1. **Search, once per seed for every sparsity.** A `tfembsize.controllers.BETController`
    over all the run's sparsities (each with its own budget, archive and surrogate) runs in
@@ -10,28 +10,32 @@ Spec §4 under the protocol of §1, for every cell (``bet``, c, seed):
    the pretrained full model from its snapshot for h epochs and records the validation
    quality ratio to the full model. The full model is the protocol's pretrained reference
    (`MethodContext.environment`), shared with the other search methods of the seed.
-2. **Selective retraining (§4.5).** The top K = 5 distinct actions of the cell's sparsity are
-   retrained from scratch with the protocol's recipe (`MethodContext.retrain`: train, early
-   stopping on validation, best weights restored). The winner is chosen by the recipe's
-   validation ``monitor`` (Recall@20 by default, the number early stopping already selects
-   on) and handed to the runner, which evaluates test once. Each retraining is written to the
+2. **Selective retraining.** The top K = 5 distinct actions of the cell's sparsity, each
+   asserted within the cell's budget, are retrained from scratch with the protocol's recipe
+   (`MethodContext.retrain`: train, early stopping on validation, best weights restored) by
+   `tfembsize.search.selection` (the same shortlist and winner rule as `BETController`'s own
+   final phase). The winner is chosen by the recipe's validation ``monitor`` (Recall@20 by
+   default, the number early stopping already selects on; ties to the better search rank)
+   and handed to the runner, which evaluates test once. Each retraining is written to the
    cell's directory as it finishes, so a killed cell resumes without retraining again.
 
-**Fine-tuning recipe (spec §2, adapted) [ours].** BET fine-tunes at lr 0.03, x0.98 every 200
-steps, floor 1e-3, batch 10 000, for h epochs of ceil(|train| / 10 000) steps; its fine-tuning
-and its retraining both start at the same rate (0.03). Spec §2 measured that lr 0.03 does not
-train a TensorFlow BPR-MF at all and asks for one tuned rate per backbone and data set for
-every method. So fine-tuning starts at the protocol recipe's tuned rate (as BET, the same
+**Fine-tuning recipe (adapted) [ours].** BET fine-tunes at lr 0.03, x0.98 every 200 steps,
+floor 1e-3, batch 10 000, for h epochs of ceil(|train| / 10 000) steps; its fine-tuning and
+its retraining both start at the same rate (0.03). We measured that lr 0.03 does not train a
+TensorFlow BPR-MF at all, and every method of the protocol gets one tuned rate per backbone
+and data set. So fine-tuning starts at the protocol recipe's tuned rate (as BET, the same
 start as retraining), keeps BET's decay shape (x0.98 every 200 steps, floor at 1/30 of the
 start, BET's 0.03 -> 1e-3 ratio) and uses the recipe's batch size; h epochs are h passes
 over the training interactions of ceil(|train| / batch) steps each, the same number of
 training triples as BET's h epochs at batch 10 000 (`bet_finetune_config`).
 
-Settings come from `MethodContext.options` (``search_iterations`` T, ``num_candidates`` m,
-``finetune_epochs`` h, ``top_k`` K; defaults T = 50, m = 100, h = 10 or 15 for NGCF, K = 5;
-``benchmarks/paper_protocol.py --bet-iterations/--bet-candidates/--bet-epochs/--bet-top-k``)
-and are recorded in every cell's ``info`` with the search wall time, the wall time of one
-full training of the backbone in the same run (the reference pretraining) and their ratio
+Settings are `BETSettings` (``search_iterations`` T, ``num_candidates`` m, ``finetune_epochs``
+h, ``top_k`` K; defaults T = 50, m = 100, h = 10 or 15 for NGCF, K = 5), read from
+`MethodContext.options`; the command line offers them as ``--bet-search-iterations``,
+``--bet-num-candidates``, ``--bet-finetune-epochs`` and ``--bet-top-k`` (also
+``--bet-iterations``, ``--bet-candidates``, ``--bet-epochs``). They are recorded in every
+cell's ``info`` with the search wall time, the wall time of one full training of the
+backbone in the same run (the reference pretraining) and their ratio
 ``search_vs_full_train_ratio``.
 
 References:
@@ -40,7 +44,6 @@ References:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -49,15 +52,16 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tfembsize.plan import SizePlan
-from tfembsize.protocol.runner import MethodContext, MethodOutput, Retrained
-from tfembsize.records import Feedback
+from tfembsize.protocol.context import MethodContext, MethodOutput, Retrained
+from tfembsize.protocol.registry import register_method
+from tfembsize.protocol.settings import setting, settings_from_options
+from tfembsize.search.selection import Retraining, Shortlist, retrain_shortlist, shortlist
 
 __all__ = [
     "BETSettings",
     "bet_finetune_config",
     "bet_controller",
     "bet_method",
-    "selection_value",
     "BET_VARIANTS",
 ]
 
@@ -71,17 +75,17 @@ BET_VARIANTS: dict[str, dict[str, Any]] = {
 """Registered BET methods and their controller arguments: the paper's method, the
 random-selection ablation and the ablation whose surrogate sees only the sizes (Table 2)."""
 
-# BET's fine-tuning schedule (spec §2, §4.6): x0.98 every 200 steps, floor 1e-3 from 0.03.
+# BET's fine-tuning schedule: x0.98 every 200 steps, floor 1e-3 from 0.03.
 _FT_DECAY_RATE = 0.98
 _FT_DECAY_STEPS = 200
 _FT_FLOOR_RATIO = 1e-3 / 0.03
 
-_RETRAIN_FORMAT = "tfembsize.BETRetraining"
-
 
 @dataclass(frozen=True)
 class BETSettings:
-    """The iteration counts of a protocol BET run (spec §4.6 defaults).
+    """The iteration counts of a protocol BET run (defaults: the BET paper's).
+
+    The options of ``bet``, ``bet-random`` and ``bet-sizes-only`` (one option group, ``bet``).
 
     Attributes:
         search_iterations: T, search iterations per sparsity.
@@ -90,10 +94,18 @@ class BETSettings:
         top_k: K, actions retrained from scratch per sparsity.
     """
 
-    search_iterations: int = 50
-    num_candidates: int = 100
-    finetune_epochs: float = 10.0
-    top_k: int = 5
+    search_iterations: int = setting(
+        50, help="BET: T, search iterations per sparsity", aliases=("--bet-iterations",)
+    )
+    num_candidates: int = setting(
+        100, help="BET: m, candidates sampled per iteration", aliases=("--bet-candidates",)
+    )
+    finetune_epochs: float = setting(
+        10.0,
+        help="BET: h, fine-tuning epochs per iteration (15 for NGCF)",
+        aliases=("--bet-epochs",),
+    )
+    top_k: int = setting(5, help="BET: K, actions retrained from scratch per sparsity")
 
     def __post_init__(self) -> None:
         for name in ("search_iterations", "num_candidates", "top_k"):
@@ -114,13 +126,8 @@ class BETSettings:
         Raises:
             ValueError: an unknown option name or a bad value.
         """
-        names = {"search_iterations", "num_candidates", "finetune_epochs", "top_k"}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise ValueError(f"Unknown BET option(s) {unknown}; known options: {sorted(names)}.")
-        values = {k: v for k, v in options.items() if v is not None}
-        values.setdefault("finetune_epochs", 15.0 if backbone == "ngcf" else 10.0)
-        return cls(**values)
+        default_h = 15.0 if backbone == "ngcf" else 10.0
+        return settings_from_options(cls, options, defaults={"finetune_epochs": default_h})
 
     def to_dict(self) -> dict:
         """JSON form (``T``, ``m``, ``h``, ``K`` under their long names)."""
@@ -128,7 +135,7 @@ class BETSettings:
 
 
 def bet_finetune_config(recipe: Any) -> Any:
-    """BET's fine-tuning recipe (spec §2) adapted to a tuned protocol recipe.
+    """BET's fine-tuning recipe adapted to a tuned protocol recipe.
 
     The start rate and batch size are the recipe's; the rate is multiplied by 0.98 every 200
     steps down to a floor of 1/30 of the start (BET: 0.03 -> 1e-3). The number of steps comes
@@ -174,17 +181,6 @@ def bet_controller(
     )
 
 
-def selection_value(feedback: Feedback, monitor: str) -> float:
-    """The validation number a retrained candidate is chosen by (the recipe's ``monitor``)."""
-    if monitor == "quality":
-        return float(feedback.quality)
-    if monitor not in feedback.metrics:
-        raise ValueError(
-            f"The validation feedback has no {monitor!r}; it has {sorted(feedback.metrics)}."
-        )
-    return float(feedback.metrics[monitor])
-
-
 def _search(ctx: MethodContext, settings: BETSettings, variant: Mapping[str, Any]) -> tuple:
     """Runs or resumes the seed's multi-sparsity search; returns (controller, result, env)."""
     from tfembsize.search import run
@@ -202,105 +198,57 @@ def _search(ctx: MethodContext, settings: BETSettings, variant: Mapping[str, Any
 
 
 # Selective retraining ---------------------------------------------------------------------
-def _read_json(path: str) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _write_json(path: str, payload: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _retrain_top_k(
-    ctx: MethodContext, plans: list[SizePlan], directory: str
+    ctx: MethodContext, short: Shortlist, directory: str
 ) -> tuple[list[dict], int, Retrained]:
-    """Retrains every plan under the protocol, resumably; returns (records, best rank, model).
+    """Retrains the shortlist under the protocol, resumably; returns (records, best rank, model).
 
-    ``directory/retraining.json`` lists the finished retrainings; each writes its plan,
-    validation feedback and weights (``r<rank>.*``) first, and the weights of all but the
-    best are deleted once the list names the new best.
+    `tfembsize.search.selection.retrain_shortlist` keeps ``directory/retraining.json`` and the
+    per-candidate files; the winner is the highest validation ``monitor`` of the recipe, ties
+    to the better search rank.
     """
-    from tfembsize.search.environment import _assign, _load_weights, _save_weights, _weights
 
-    os.makedirs(directory, exist_ok=True)
-    monitor = ctx.train_config.monitor
-    manifest = os.path.join(directory, "retraining.json")
-    records: list[dict] = []
-    if os.path.exists(manifest):
-        state = _read_json(manifest)
-        if state.get("format") != _RETRAIN_FORMAT or state.get("monitor") != monitor:
-            raise ValueError(f"{manifest} is not a retraining of this configuration.")
-        records = list(state["records"])
-    for rec in records:  # the saved plans must be the plans being retrained now
-        if (
-            SizePlan.load(os.path.join(directory, f"r{rec['rank']}.plan.json"))
-            != plans[rec["rank"]]
-        ):
-            raise ValueError(
-                f"{directory} holds a retraining of other plans (rank {rec['rank']}); the search "
-                "changed: delete the directory to retrain again."
-            )
-    best: Retrained | None = None
-    for rank in range(len(records), len(plans)):
-        plan = plans[rank]
-        logger.info("BET c=%s: retraining candidate %d of %d.", ctx.sparsity, rank + 1, len(plans))
+    def retrain(plan: SizePlan) -> Retraining:
         retrained = ctx.retrain(plan)
-        stem = os.path.join(directory, f"r{rank}")
-        plan.save(f"{stem}.plan.json")
-        retrained.validation.save(f"{stem}.validation.npz")
-        _save_weights(f"{stem}.weights.npz", _weights(retrained.model))
-        records.append(
-            {
-                "rank": rank,
-                "selection_value": selection_value(retrained.validation, monitor),
-                "validation": {
-                    **{k: float(v) for k, v in retrained.validation.metrics.items()},
-                    "quality": float(retrained.validation.quality),
-                },
+        return Retraining(
+            validation=retrained.validation,
+            model=retrained.model,
+            details={
                 "usable_params": retrained.usable_params,
                 "num_rows": retrained.num_rows,
                 "best_step": retrained.best_step,
                 "train_steps": retrained.train_steps,
                 "wall_time": retrained.wall_time,
-            }
+            },
         )
-        best_rank = _best_rank(records)
-        _write_json(
-            manifest,
-            {"format": _RETRAIN_FORMAT, "monitor": monitor, "records": records, "best": best_rank},
-        )
-        for r in range(rank + 1):
-            path = os.path.join(directory, f"r{r}.weights.npz")
-            if r != best_rank and os.path.exists(path):
-                os.remove(path)
-        if best_rank == rank:
-            best = retrained
-    best_rank = _best_rank(records)
-    if best is None:  # the winner was retrained by an earlier process: rebuild it
-        rec = records[best_rank]
+
+    def build(plan: SizePlan) -> Any:
         model = ctx.build_model()
-        plans[best_rank].apply(model)
-        _assign(model, _load_weights(os.path.join(directory, f"r{best_rank}.weights.npz")))
-        best = Retrained(
-            model=model,
-            validation=Feedback.load(os.path.join(directory, f"r{best_rank}.validation.npz")),
-            best_step=rec["best_step"],
-            train_steps=rec["train_steps"],
-            wall_time=rec["wall_time"],
-            usable_params=rec["usable_params"],
-            num_rows=rec["num_rows"],
-        )
-    return records, best_rank, best
+        plan.apply(model)
+        return model
 
-
-def _best_rank(records: list[dict]) -> int:
-    """Highest validation selection value; ties go to the better search rank."""
-    return max(range(len(records)), key=lambda r: (records[r]["selection_value"], -r))
+    selection = retrain_shortlist(
+        short,
+        retrain,
+        directory,
+        monitor=ctx.train_config.monitor,
+        build=build,
+        label=f"BET c={ctx.sparsity}",
+    )
+    records = [dict(r) for r in selection.records]
+    if selection.winner is None:
+        raise FloatingPointError("No retrained BET candidate has a finite validation score.")
+    result, d = selection.result, selection.result.details
+    best = Retrained(
+        model=result.model,
+        validation=result.validation,
+        best_step=d["best_step"],
+        train_steps=d["train_steps"],
+        wall_time=d["wall_time"],
+        usable_params=d["usable_params"],
+        num_rows=d["num_rows"],
+    )
+    return records, selection.winner, best
 
 
 # The method ---------------------------------------------------------------------------------
@@ -320,29 +268,32 @@ def bet_method(**variant: Any) -> Callable[[MethodContext], MethodOutput]:
         settings = BETSettings.from_options(ctx.options, ctx.backbone)
         controller, result, env, directory = _search(ctx, settings, variant)
         c = float(ctx.sparsity)
-        actions = controller.top_actions(settings.top_k, sparsity=c)
-        if not actions:
+        archived = controller.candidates(sparsity=c)
+        if not archived:
             raise RuntimeError(f"The BET search at c={c:g} has no successful iteration.")
-        plans = [a.plan for a in actions]
-        budget = ctx.budget
-        for plan in plans:
-            plan.check(budget)
+        short = shortlist(archived, settings.top_k, ctx.budget)  # each asserted in B(c)
+        if short.missed:
+            raise RuntimeError(
+                f"BET missed c={c:g}: no archived action is within the budget "
+                f"({ctx.budget.describe()}); the budget is not relaxed."
+            )
         records, best_rank, best = _retrain_top_k(
-            ctx, plans, os.path.join(ctx.directory, "retrain")
+            ctx, short, os.path.join(ctx.directory, "retrain")
         )
         reference = env.reference()
         search_time = result.elapsed_by("sparsity", phase="search").get(c, 0.0)
         full_time = None if reference is None else float(reference.wall_time)
         ratio = None if not full_time else search_time / full_time
         candidates = []
-        for action, rec in zip(actions, records, strict=True):
+        for entry, rec in zip(short.entries, records, strict=True):
+            action = entry.candidate
             candidates.append(
                 {
                     **rec,
-                    "search_iteration": action.iteration,
-                    "search_fitness": action.fitness,
-                    "predicted_fitness": action.predicted_fitness,
-                    "strategy": action.strategy,
+                    "search_iteration": action.info["iteration"],
+                    "search_fitness": action.score,
+                    "predicted_fitness": action.info["predicted_fitness"],
+                    "strategy": action.info["strategy"],
                 }
             )
         archive = controller.archive(c)
@@ -372,6 +323,23 @@ def bet_method(**variant: Any) -> Callable[[MethodContext], MethodOutput]:
         }
         if not all(math.isfinite(float(r["selection_value"])) for r in records):
             raise FloatingPointError("A retrained BET candidate has a non-finite validation score.")
-        return MethodOutput(plan=plans[best_rank], retrained=best, info=info)
+        return MethodOutput(plan=short.plans[best_rank], retrained=best, info=info)
 
     return method
+
+
+_DESCRIPTIONS = {
+    "bet": "BET: budgeted whole-table search with a DeepSets predictor (one search per "
+    "seed for all sparsities; top-5 retraining)",
+    "bet-random": "BET ablation: random candidate selection (no predictor)",
+    "bet-sizes-only": "BET ablation: the predictor sees only the sizes (no frequencies)",
+}
+
+for _name, _variant in BET_VARIANTS.items():
+    register_method(
+        _name,
+        bet_method(**_variant),
+        description=_DESCRIPTIONS[_name],
+        settings=BETSettings,
+        group="bet",
+    )
