@@ -61,6 +61,7 @@ from tfembsize.plan import SizePlan
 from tfembsize.records import MODES, Feedback, Observation
 from tfembsize.training.outcome import Outcome
 from tfembsize.training.plan_training import accepts_keyword, model_scorer, train_plan
+from tfembsize.training.weights import assign_weights, get_weights, load_weights, save_weights
 
 __all__ = [
     "Environment",
@@ -73,7 +74,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_WEIGHTS_FORMAT = "tfembsize.Weights"
 _STATE_FORMAT = "tfembsize.KerasEnvironment"
 _PEAK_FLOOR = 1e-5  # spec §3.1: Q_peak = max(Q_n, 1e-5)
 
@@ -213,34 +213,6 @@ def feedback_from_ranking(
         loss=loss,
         info=info or {},
     )
-
-
-def _weights(model: Any) -> list[np.ndarray]:
-    return [np.array(v.numpy(), copy=True) for v in model.weights]
-
-
-def _assign(model: Any, values: list[np.ndarray]) -> None:
-    variables = model.weights
-    if len(variables) != len(values):
-        raise ValueError(
-            f"Stored weights hold {len(values)} arrays but the model has {len(variables)} "
-            "variables; the model changed since they were stored."
-        )
-    for v, w in zip(variables, values, strict=True):
-        if tuple(v.shape) != tuple(w.shape):
-            raise ValueError(
-                f"Stored weight for {v.name} has shape {w.shape}, the variable {tuple(v.shape)}."
-            )
-        v.assign(w)
-
-
-def _save_weights(path: str, values: list[np.ndarray]) -> None:
-    _io.write_npz(path, {f"w{i:04d}": w for i, w in enumerate(values)}, format=_WEIGHTS_FORMAT)
-
-
-def _load_weights(path: str) -> list[np.ndarray]:
-    arrays = _io.read_npz(path, what="saved weights")
-    return [arrays[k] for k in sorted(arrays)]
 
 
 def _all_finite(model: Any) -> bool:
@@ -384,7 +356,7 @@ class KerasEnvironment:
             self._model = self._builder()
         self._prepare_model(self._model)
         if self._builder is None:
-            self._initial = _weights(self._model)
+            self._initial = get_weights(self._model)
         self.tables = self._validated_tables()
         self.d_max = self._common_width()
 
@@ -445,7 +417,7 @@ class KerasEnvironment:
                 )
             self._model = model
         else:
-            _assign(self._model, self._initial)
+            assign_weights(self._model, self._initial)
 
     # Protocol -----------------------------------------------------------------------------
     def observation(self) -> Observation:
@@ -496,7 +468,7 @@ class KerasEnvironment:
             best_step=train.best_step,
             loss=train.loss,
         )
-        self._reference_weights = _weights(self._model)
+        self._reference_weights = get_weights(self._model)
         if self._snapshot is None:
             self._snapshot = self._reference_weights
         for directory in self._reference_directories():
@@ -508,7 +480,7 @@ class KerasEnvironment:
 
     def snapshot(self) -> None:
         """Stores the current weights (sizes included) in memory."""
-        self._snapshot = _weights(self._model)
+        self._snapshot = get_weights(self._model)
 
     def restore(self) -> None:
         """Restores the weights stored by `snapshot` (or the pretrained reference)."""
@@ -520,7 +492,7 @@ class KerasEnvironment:
                     "No snapshot to restore: call snapshot() first (or create the environment "
                     "with reference=True so the pretrained model is the snapshot)."
                 )
-        _assign(self._model, self._snapshot)
+        assign_weights(self._model, self._snapshot)
 
     def step(
         self,
@@ -646,7 +618,7 @@ class KerasEnvironment:
         os.makedirs(directory, exist_ok=True)
         if os.path.exists(os.path.join(directory, "reference.npz")):
             return  # written once; the reference never changes
-        _save_weights(os.path.join(directory, "reference_weights.npz"), self._reference_weights)
+        save_weights(os.path.join(directory, "reference_weights.npz"), self._reference_weights)
         self._reference.save(os.path.join(directory, "reference.npz"))
 
     def _load_reference(self, directory: str) -> bool:
@@ -654,8 +626,8 @@ class KerasEnvironment:
         w_path = os.path.join(directory, "reference_weights.npz")
         if not (os.path.exists(fb_path) and os.path.exists(w_path)):
             return False
-        weights = _load_weights(w_path)
-        _assign(self._model, weights)  # validates the shapes against the model
+        weights = load_weights(w_path)
+        assign_weights(self._model, weights)  # validates the shapes against the model
         self._reference_weights = weights
         if self._snapshot is None:
             self._snapshot = weights
@@ -666,10 +638,10 @@ class KerasEnvironment:
     def save_state(self, directory: str) -> None:
         """Writes the step counter and the current weights (for ``"continue"`` steps)."""
         os.makedirs(directory, exist_ok=True)
-        _save_weights(os.path.join(directory, "weights.npz"), _weights(self._model))
+        save_weights(os.path.join(directory, "weights.npz"), get_weights(self._model))
         own_snapshot = self._snapshot is not None and self._snapshot is not self._reference_weights
         if own_snapshot:
-            _save_weights(os.path.join(directory, "snapshot.npz"), self._snapshot)
+            save_weights(os.path.join(directory, "snapshot.npz"), self._snapshot)
         _io.write_json(
             os.path.join(directory, "state.json"),
             {"steps_done": self._steps_done, "seed": self.seed, "snapshot": own_snapshot},
@@ -683,10 +655,10 @@ class KerasEnvironment:
         )
         self._steps_done = int(state["steps_done"])
         if state.get("snapshot"):
-            self._snapshot = _load_weights(os.path.join(directory, "snapshot.npz"))
+            self._snapshot = load_weights(os.path.join(directory, "snapshot.npz"))
         path = os.path.join(directory, "weights.npz")
         if os.path.exists(path):
-            _assign(self._model, _load_weights(path))
+            assign_weights(self._model, load_weights(path))
 
     def __repr__(self) -> str:
         ref = "none" if self._reference is None else f"{self._reference.quality:.4f}"

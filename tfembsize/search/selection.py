@@ -53,6 +53,7 @@ from tfembsize.budget import Budget
 from tfembsize.errors import BudgetInfeasibleError
 from tfembsize.plan import SizePlan
 from tfembsize.records import Feedback
+from tfembsize.training.weights import assign_weights, get_weights, load_weights, save_weights
 
 __all__ = [
     "Candidate",
@@ -75,7 +76,6 @@ _MANIFEST = "retraining.json"
 _FORMAT = "tfembsize.Retraining"
 # Manifests written by the protocol's BET method before this module existed: same layout.
 _OLD_FORMATS = ("tfembsize.BETRetraining",)
-_WEIGHTS_FORMAT = "tfembsize.RetrainedWeights"
 
 
 # Candidates and the shortlist ---------------------------------------------------------------
@@ -386,29 +386,6 @@ class Selection:
         return None if self.winner is None else self.shortlist.entries[self.winner].plan
 
 
-def _save_weights(path: str, model: Any) -> None:
-    values = [np.asarray(v.numpy()) for v in model.weights]
-    _io.write_npz(path, {f"w{i:04d}": w for i, w in enumerate(values)}, format=_WEIGHTS_FORMAT)
-
-
-def _restore_weights(path: str, model: Any) -> None:
-    arrays = _io.read_npz(path, what="retrained weights")  # untagged older files read too
-    values = [arrays[k] for k in sorted(arrays)]
-    variables = model.weights
-    if len(variables) != len(values):
-        raise ValueError(
-            f"{path!r} holds {len(values)} arrays but the model has {len(variables)} variables; "
-            "the model changed since the weights were saved."
-        )
-    for v, w in zip(variables, values, strict=True):
-        if tuple(v.shape) != tuple(w.shape):
-            raise ValueError(
-                f"{path!r}: the weight for {v.name} has shape {w.shape}, the variable "
-                f"{tuple(v.shape)}."
-            )
-        v.assign(w)
-
-
 def _read_manifest(path: str, monitor: str) -> list[dict]:
     state = _io.read_json(path, what="retraining manifest")
     if not isinstance(state, Mapping) or state.get("format") not in (_FORMAT, *_OLD_FORMATS):
@@ -489,7 +466,7 @@ def retrain_shortlist(
         _io.write_json(f"{stem}.plan.json", plan.to_dict())
         result.validation.save(f"{stem}.validation.npz")
         if build is not None and result.model is not None:
-            _save_weights(f"{stem}.weights.npz", result.model)
+            save_weights(f"{stem}.weights.npz", get_weights(result.model))
         value = selection_value(result.validation, monitor) if result.validation.ok else math.nan
         records.append(
             {
@@ -520,7 +497,8 @@ def retrain_shortlist(
         model = None
         if build is not None:
             model = build(plans[winner])
-            _restore_weights(os.path.join(directory, f"r{winner}.weights.npz"), model)
+            path = os.path.join(directory, f"r{winner}.weights.npz")
+            assign_weights(model, load_weights(path), source=repr(path))
         best = Retraining(
             validation=Feedback.load(os.path.join(directory, f"r{winner}.validation.npz")),
             model=model,

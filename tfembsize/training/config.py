@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from tfembsize._dataclass_config import DictConfig
 from tfembsize._keras import keras, register_serializable
 
 __all__ = [
@@ -148,7 +148,7 @@ def monitor_value(result: Any, monitor: str) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(DictConfig):
     """A BPR training recipe (spec §1.3, §2). Defaults: the measured-good MF recipe.
 
     Attributes:
@@ -230,23 +230,6 @@ class TrainConfig:
             return float(self.learning_rate)
         lr = self.learning_rate * self.decay_rate ** (int(step) // self.decay_steps)
         return max(lr, self.min_learning_rate)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """Inverse of `to_dict`."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"Unknown TrainConfig fields {unknown}.")
-        return cls(**dict(d))
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> TrainConfig:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from tfembsize._dataclass_config import DictConfig
+from tfembsize.controllers.base import validate_sparsities
 from tfembsize.layers.pep_embedding import (
     GRANULARITIES,
     THRESHOLD_FNS,
@@ -34,20 +36,8 @@ def _is_real(x: Any) -> bool:
 
 
 def _sparsities(sparsity: Any) -> tuple[float, ...]:
-    values = list(sparsity) if isinstance(sparsity, (Sequence, np.ndarray)) else [sparsity]
-    if isinstance(sparsity, str) or not values:
-        raise ValueError(
-            "`sparsity` must be a float in (0, 1) or a non-empty sequence of them. Received: "
-            f"sparsity={sparsity!r}"
-        )
-    out = []
-    for s in values:
-        if not _is_real(s) or not 0.0 < float(s) < 1.0:
-            raise ValueError(f"`sparsity` must be in (0, 1). Received: sparsity={s!r}")
-        out.append(float(s))
-    if len(set(out)) != len(out):
-        raise ValueError(f"`sparsity` values must be distinct. Received: sparsity={sparsity!r}")
-    return tuple(sorted(out))
+    """Distinct sparsities in (0, 1), in increasing order (the order a falling count meets)."""
+    return tuple(sorted(validate_sparsities(sparsity)))
 
 
 def _pep_layers(model_or_layers: Any) -> dict:
@@ -73,7 +63,7 @@ def _pep_layers(model_or_layers: Any) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class PEPConfig:
+class PEPConfig(DictConfig):
     """The pruning phase of PEP. Defaults: the authors' official code.
 
     Attributes:
@@ -174,23 +164,6 @@ class PEPConfig:
             l2=self.l2,
             global_clipnorm=self.clipnorm,
         )
-
-    def replace(self, **changes: Any) -> PEPConfig:
-        """A copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PEPConfig:
-        """Inverse of `to_dict`."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"Unknown PEPConfig fields {unknown}.")
-        return cls(**dict(d))
 
     def train_config(self, *, seed: int = 0, verbose: int = 0) -> TrainConfig:
         """The `train_bpr` recipe of the pruning phase.
