@@ -132,15 +132,8 @@ SPARSITIES = (0.5, 0.8, 0.95)
 
 
 def _same(a: Decision, b: Decision) -> bool:
-    return (
-        a.plan == b.plan
-        and a.mode == b.mode
-        and a.budget == b.budget
-        and a.info == b.info
-        and a.phase == b.phase
-        and a.train_steps == b.train_steps
-        and a.train_epochs == b.train_epochs
-    )
+    """Equal decisions apart from their sequence number."""
+    return a.replace(id=-1) == b.replace(id=-1)
 
 
 class ControllerContract:
