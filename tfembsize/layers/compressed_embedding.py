@@ -39,7 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfembsize._keras import keras, register_serializable
-from tfembsize.layers.utils import check_ids_in_range, validate_dim
+from tfembsize.layers.utils import EmbeddingOutputsMixin, check_ids_in_range, validate_dim
 
 __all__ = ["CompressedEmbedding", "PackedTable", "pack_table", "KINDS"]
 
@@ -502,7 +502,7 @@ def _bits_tf(words: tf.Tensor, d: int) -> tf.Tensor:
 
 
 @register_serializable
-class CompressedEmbedding(keras.layers.Layer):
+class CompressedEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
     """An inference-only embedding table that stores only the kept parameters.
 
     A lookup returns exactly what the searchable layer it was made from returned: row
@@ -868,16 +868,6 @@ class CompressedEmbedding(keras.layers.Layer):
             idx = tf.where(on, first[:, None] + rank, 0)
             out += tf.where(on, tf.gather(values, idx), tf.zeros([], dtype))
         return out
-
-    def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
-        """Padding mask (``ids != 0``) when ``mask_zero`` is set, as in ``Embedding``."""
-        if not self.mask_zero:
-            return None
-        return tf.not_equal(inputs, 0)
-
-    def compute_output_shape(self, input_shape: Any) -> tuple:
-        """Input shape with ``output_dim`` appended."""
-        return (*tuple(input_shape), self.output_dim)
 
     # Whole-table operations -------------------------------------------------------------------
     def masked_table(self) -> tf.Tensor:

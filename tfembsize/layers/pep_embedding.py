@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from tfembsize._keras import keras, register_serializable
 from tfembsize.layers.utils import (
+    EmbeddingOutputsMixin,
     check_ids_in_range,
     embedding_base_kwargs,
     iter_layers,
@@ -140,7 +141,7 @@ class _PEPRegularizer:
 
 
 @register_serializable
-class PEPEmbedding(keras.layers.Layer):
+class PEPEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
     """A drop-in for ``tf.keras.layers.Embedding`` that prunes itself with learnable thresholds.
 
     The table the model sees is the soft-thresholded ``Ê = sign(E) * relu(|E| - g(S))``: an
@@ -353,16 +354,6 @@ class PEPEmbedding(keras.layers.Layer):
             s = tf.gather(s, ids)
         keep = tf.gather(tf.convert_to_tensor(self._mask), ids)
         return tf.cast(self._effective(rows, s, keep), self.compute_dtype)
-
-    def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
-        """Padding mask (``ids != 0``) when ``mask_zero`` is set, as in ``Embedding``."""
-        if not self.mask_zero:
-            return None
-        return tf.not_equal(inputs, 0)
-
-    def compute_output_shape(self, input_shape: Any) -> tuple:
-        """Input shape with ``output_dim`` appended."""
-        return (*tuple(input_shape), self.output_dim)
 
     # Whole-table views -------------------------------------------------------------------------
     def pruned_table(self) -> tf.Tensor:
