@@ -3,7 +3,17 @@
 Keras comes from `tfembsize._keras` (Keras 3, or tf-keras under ``TF_USE_LEGACY_KERAS=1``).
 """
 
-from tfembsize import controllers, data, export, layers, metrics, models, search, surrogates
+from tfembsize import (
+    controllers,
+    data,
+    export,
+    layers,
+    metrics,
+    models,
+    optimizers,
+    search,
+    surrogates,
+)
 from tfembsize.budget import Budget
 from tfembsize.errors import BudgetExceededError, BudgetInfeasibleError
 from tfembsize.plan import SizePlan
@@ -21,6 +31,7 @@ __all__ = [
     "layers",
     "metrics",
     "models",
+    "optimizers",
     "search",
     "surrogates",
     "__version__",
