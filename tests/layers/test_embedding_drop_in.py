@@ -79,3 +79,19 @@ def test_ragged_symbolic_input_gives_ragged_output_as_embedding(name):
     got = keras.Model(inp, out)(ids)
     assert isinstance(got, tf.RaggedTensor)
     np.testing.assert_array_equal(got.flat_values.numpy(), layer(ids).flat_values.numpy())
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_mixed_precision_policy_gives_float16_rows_in_both_call_modes(name):
+    """Weights stay float32, rows come out in the compute dtype (as Embedding's)."""
+    ids = tf.constant([[0, 3], [4, 1]])
+    plain = FACTORIES[name]()
+    mixed = FACTORIES[name](dtype="mixed_float16")
+    want = plain(ids).numpy()
+    mixed(ids)
+    mixed.set_weights(plain.get_weights())
+    for call in (mixed, tf.function(mixed.__call__)):
+        got = call(ids)
+        assert got.dtype == tf.float16
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-3, atol=1e-3)
+    assert all(w.dtype != tf.float16 for w in mixed.weights)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfembsize._keras import keras, register_serializable
+from tfembsize._keras import is_legacy_keras, keras, register_serializable
 from tfembsize.layers._packing import WORD_BITS, bits_for, bits_tf, unpack_all_tf, unpack_tf
 from tfembsize.layers._packing import pack_uint as pack_uint  # re-export
 from tfembsize.layers._packing import unpack_uint as unpack_uint  # re-export
@@ -198,11 +198,19 @@ class CompressedEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
 
     def _create_weights(self) -> None:
         self._arrays: dict[str, Any] = {}
+        # Lookups work in the stored dtype and cast their result to the compute dtype, so
+        # a mixed-precision policy must not autocast the values when they are read.
+        no_autocast = {"experimental_autocast": False} if is_legacy_keras() else {"autocast": False}
         for name, (size, dtype) in self._shapes().items():
             if name in ("slot_to_row", "columns", "bitmask") and size == 0:
                 continue
             self._arrays[name] = self.add_weight(
-                name=name, shape=(size,), dtype=dtype, initializer="zeros", trainable=False
+                name=name,
+                shape=(size,),
+                dtype=dtype,
+                initializer="zeros",
+                trainable=False,
+                **no_autocast,
             )
 
     def build(self, input_shape: Any = None) -> None:
