@@ -329,9 +329,12 @@ class CompressedEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
 
     def _lookup(self, inputs: Any) -> tf.Tensor:
         ids = tf.convert_to_tensor(inputs)
+        if ids.dtype not in (tf.int32, tf.int64):
+            ids = tf.cast(ids, tf.int32)
+        # Checked before the cast to int32: an int64 id such as 2**32 would wrap to 0.
+        ids = check_ids_in_range(ids, self.input_dim, self.name)
         if ids.dtype != tf.int32:
             ids = tf.cast(ids, tf.int32)
-        ids = check_ids_in_range(ids, self.input_dim, self.name)
         flat = tf.reshape(ids, [-1])
         rows = self.lookup_flat(flat)
         out_shape = tf.concat([tf.shape(ids), [self.output_dim]], axis=0)

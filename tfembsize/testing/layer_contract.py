@@ -21,7 +21,8 @@ eagerly, inside ``tf.function`` and under ``model.fit`` alike, while accepting `
 * `check_id_boundary`: ids ``input_dim`` and ``-1`` raise the layer's own out-of-range error
   (by default the message of `tfembsize.layers.ids_out_of_range_message`, which
   `tfembsize.layers.check_ids_in_range` raises) eagerly, in a ``tf.function`` and under
-  ``model.fit``, for int32 and int64 ids, while ids ``0`` and ``input_dim - 1`` pass.
+  ``model.fit``, for int32 and int64 ids (and so does the int64 id ``2**32``, which a cast
+  to int32 would turn into the valid id 0), while ids ``0`` and ``input_dim - 1`` pass.
 
 `check_layer_contract` runs all five; `LayerContract` is a pytest mixin with one test per
 check. Every check builds its layers from ``layer_cls(**init_kwargs)``; the optional
@@ -518,7 +519,9 @@ def check_id_boundary(
 
     Each is tried eagerly, in a ``tf.function`` traced once for ids of any shape, and under
     ``model.fit`` of a functional model (compiled without XLA, which drops run-time checks),
-    for every dtype in ``dtypes``. The ids are ``input_data`` with its last entry replaced.
+    for every dtype in ``dtypes``; int64 ids also try ``2**32``, which a cast to int32 before
+    the check would turn into the valid id 0. The ids are ``input_data`` with its last entry
+    replaced.
     An error of the right type with another message (for example the CPU gather's own
     complaint) does not count: the layer must notice the id itself.
 
@@ -554,7 +557,8 @@ def check_id_boundary(
             out = _expect_ok(run, (good,), f"{name} {where}: {dtype} ids 0 and {n - 1}")
             if where != "under model.fit":
                 _assert_outputs_equal(out, layer(tf.constant(good)), f"{name} {where}")
-            for bad in (n, -1):
+            # An int64 id of 2**32 wraps to the valid id 0 if the layer casts before checking.
+            for bad in (n, -1, *((2**32,) if dtype == "int64" else ())):
                 _expect_error(
                     run,
                     (_with_id(ids, bad, dtype),),
