@@ -42,10 +42,18 @@ class TestMaskedEmbeddingContract(LayerContract):
 
 
 class TestMaskedEmbeddingRank1Contract(LayerContract):
-    """Rank-1 ids, the other default of the contract, and a mask from the start."""
+    """Rank-1 ids, and a mask from the start."""
 
     layer_cls = MaskedEmbedding
     init_kwargs = {"input_dim": 7, "output_dim": 3, "mask_zero": True}
+    input_data = np.array([0, 6, 3, 1], dtype=np.int32)
+
+
+class TestMaskedEmbeddingDefaultsContract(LayerContract):
+    """The contract's own default ids (rank 2) and plain Embedding arguments."""
+
+    layer_cls = MaskedEmbedding
+    init_kwargs = {"input_dim": 7, "output_dim": 3}
 
 
 class TestBudgetedEmbeddingContract(LayerContract):
@@ -237,3 +245,10 @@ def test_argument_errors():
         contract_module.default_input_data(0)
     with pytest.raises(TypeError, match="must set `layer_cls`"):
         LayerContract().test_mask_zero()
+
+
+def test_mask_check_covers_layers_that_take_mask_zero_through_kwargs():
+    # BudgetedEmbedding's own signature has no mask_zero; its config does.
+    takes = contract_module._takes_mask_zero
+    assert takes(BudgetedEmbedding, {"input_dim": 4, "output_dim": 2, "sparsity": 0.5})
+    assert not takes(contract_module._MaskEcho, {})

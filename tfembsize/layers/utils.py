@@ -128,7 +128,7 @@ def check_ids_in_range(ids: tf.Tensor, input_dim: int, layer_name: str) -> tf.Te
 
 
 class EmbeddingOutputsMixin:
-    """``compute_mask`` / ``compute_output_shape`` / ``compute_output_spec`` of ``Embedding``.
+    """The padding mask, output shape and symbolic output of ``keras.layers.Embedding``.
 
     Put it before the Keras ``Layer`` base class. The layer needs ``output_dim`` and
     ``mask_zero`` attributes. The three methods behave as those of the ``Embedding`` of the

@@ -196,9 +196,11 @@ def _assert_outputs_equal(got: Any, want: Any, what: str) -> None:
         raise AssertionError(f"{what}: outputs differ.\n got: {g!r}\nwant: {w!r}")
 
 
-def _accepts(layer_cls: type, argument: str) -> bool:
-    params = inspect.signature(layer_cls.__init__).parameters
-    return argument in params
+def _takes_mask_zero(layer_cls: type, init_kwargs: dict) -> bool:
+    """Whether the layer takes ``mask_zero`` (it names it in its signature or its config)."""
+    if "mask_zero" in inspect.signature(layer_cls.__init__).parameters:
+        return True
+    return "mask_zero" in layer_cls(**init_kwargs).get_config()
 
 
 # Keras's own harness -------------------------------------------------------------------------
@@ -358,7 +360,10 @@ def check_save_load(
                 f'`formats` may hold ".keras", ".h5" and "savedmodel". Received: {fmt!r}'
             )
         if fmt == "savedmodel" and not is_legacy_keras():
-            raise ValueError('Keras 3 cannot load a "savedmodel" with load_model.')
+            raise ValueError(
+                '`formats` may not hold "savedmodel" under Keras 3, whose load_model cannot '
+                f"read a SavedModel. Received: formats={formats!r}"
+            )
     layer = layer_cls(**init_kwargs)
     model = _functional(layer, ids)
     if prepare is not None:
@@ -423,7 +428,7 @@ def check_mask_zero(
     """
     ids = _ids(layer_cls, init_kwargs, input_data).copy()
     ids.flat[0] = 0
-    settings = (False, True) if _accepts(layer_cls, "mask_zero") else (None,)
+    settings = (False, True) if _takes_mask_zero(layer_cls, init_kwargs) else (None,)
     for mask_zero in settings:
         kwargs = dict(init_kwargs) if mask_zero is None else {**init_kwargs, "mask_zero": mask_zero}
         layer = _built(layer_cls, kwargs, ids, prepare)
