@@ -3,7 +3,19 @@
 Keras comes from `tfembsize._keras` (Keras 3, or tf-keras under ``TF_USE_LEGACY_KERAS=1``).
 """
 
-from tfembsize import controllers, data, export, layers, metrics, models, search, surrogates
+from tfembsize import (
+    controllers,
+    data,
+    export,
+    layers,
+    metrics,
+    models,
+    optimizers,
+    records,
+    search,
+    surrogates,
+    training,
+)
 from tfembsize._version import __version__
 from tfembsize.budget import Budget
 from tfembsize.errors import BudgetExceededError, BudgetInfeasibleError
@@ -20,7 +32,10 @@ __all__ = [
     "layers",
     "metrics",
     "models",
+    "records",
+    "optimizers",
     "search",
     "surrogates",
+    "training",
     "__version__",
 ]

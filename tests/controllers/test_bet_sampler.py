@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tfembsize.budget import Budget
+from tfembsize.controllers import bet_sampler
 from tfembsize.controllers.bet_sampler import (
     DEFAULT_BETA_MAX,
     FAMILIES,
@@ -183,6 +184,65 @@ def test_repair_redraws_oversized_draws():
     batch = sampler.sample(200, rng)
     assert batch.redraws.sum() > 0
     assert (batch.total_sizes() <= sampler.size_limit).all()
+
+
+def _fixed_draws(monkeypatch, *draws):
+    """Makes the sampler's family draws return ``draws`` in turn (the last one repeats).
+
+    Returns the list of draws handed out, so a test can count the (re)draws.
+    """
+    handed = []
+
+    def fake_quantile(family, u, beta):
+        assert u.shape == (1, len(draws[0]))
+        values = np.asarray(draws[min(len(handed), len(draws) - 1)], np.float64)
+        handed.append(values)
+        return values[None, :].copy()  # the sampler scales the draw in place
+
+    monkeypatch.setattr(bet_sampler, "family_quantile", fake_quantile)
+    return handed
+
+
+def _two_entity_sampler(max_redraws=2):
+    # Entity 0 is the more frequent, so it gets the larger size. Budget 6, d_max 4.
+    return BudgetedActionSampler(
+        [np.array([5, 1])], size_limit=6, d_max=4, families=("power_law",), max_redraws=max_redraws
+    )
+
+
+@pytest.mark.parametrize(
+    ("draw", "largest", "redraws", "clipped", "sizes"),
+    [
+        # largest = 6 * share of entity 0. A size is floor(limit * share), so a draw is
+        # acceptable exactly when largest < d_max + 1 = 5.
+        ([2.0, 1.0], 4.0, 0, False, [4, 2]),  # exactly d_max: accepted
+        ([3.0, 1.0], 4.5, 0, False, [4, 1]),  # in (d_max, d_max + 1): floor is d_max, accepted
+        ([5.0, 1.0], 5.0, 2, True, [4, 1]),  # exactly d_max + 1: rejected, R redraws, clipped
+    ],
+)
+def test_acceptance_boundary_is_largest_below_d_max_plus_one(
+    monkeypatch, draw, largest, redraws, clipped, sizes
+):
+    assert 6 * draw[0] / sum(draw) == largest  # exact in floating point
+    handed = _fixed_draws(monkeypatch, draw)
+    sampler = _two_entity_sampler(max_redraws=2)
+    batch = sampler.sample(1, np.random.default_rng(0))
+    assert batch.redraws.tolist() == [[redraws]]
+    assert batch.clipped.tolist() == [[clipped]]
+    assert len(handed) == 1 + redraws
+    assert sampler.entity_sizes(batch.counts[0])[0].tolist() == sizes
+    assert batch.total_sizes().tolist() == [sum(sizes)]
+
+
+def test_a_rejected_draw_is_redrawn_and_the_next_acceptable_one_kept(monkeypatch):
+    # First draw: largest exactly d_max + 1 (rejected); second: largest 4.5 (accepted).
+    handed = _fixed_draws(monkeypatch, [5.0, 1.0], [3.0, 1.0])
+    sampler = _two_entity_sampler(max_redraws=2)
+    batch = sampler.sample(1, np.random.default_rng(0))
+    assert len(handed) == 2
+    assert batch.redraws.tolist() == [[1]] and batch.clipped.tolist() == [[False]]
+    np.testing.assert_array_equal(batch.counts[0, 0], [1, 0, 0, 1])  # one size 1, one size 4
+    assert sampler.entity_sizes(batch.counts[0])[0].tolist() == [4, 1]
 
 
 def _naive_cut(sizes, limit):

@@ -1,519 +1,52 @@
 """CompressedEmbedding: an inference-only table that stores only the kept parameters.
 
-The storage format (`PackedTable`) is a *size-class* layout:
-
-* Rows are grouped into classes of equal stored width ``w`` (by default one class per
-  distinct row size, so nothing is padded) and ordered by ``(class, row id)``. A row's
-  position in that order is its *slot*.
-* ``values`` is one flat float array: the classes one after another, each a row-major
-  ``[count, w]`` block, so a class is a dense matrix (a slice and a reshape, no copy of the
-  index) that a full-table score can multiply directly.
-* ``row_to_slot`` maps row id to slot, bit-packed into int32 words with 8, 16 or 32 bits
-  per row (the fewest that hold ``input_dim - 1``). The class of a slot and its offset in
-  ``values`` follow from the per-class widths and counts, a few dozen integers kept in the
-  layer config, so a lookup needs no other index.
-* Tables used for full-table retrieval (``scoring=True``) also store ``slot_to_row``
-  (same packing) to map top-k slots back to item ids.
-* Unstructured (PEP) masks store each row's non-zeros in column order plus their
-  positions: by default the column indices (8 bits each for ``output_dim <= 256``, 4 per
-  int32 word), which score fastest; optionally (``positions="smallest"``) per class a
-  bitmask of ``ceil(output_dim / 32)`` int32 words per row where that is smaller.
-
-Why this layout (measured in ``benchmarks/export_size_latency.py``, Gowalla-sized tables):
-a few padded width buckets (TorchRec-style) waste 5-15 % of the bytes on padding for
-frequency-based size plans, while exact classes cost nothing beyond the values and a 2-byte
-row map; a flat array with per-row offsets needs the same map plus sizes and cannot be
-scored class block by class block with matmuls.
+The storage format (`PackedTable`, the size-class layout) and the packing of a searchable
+layer's kept coordinates (`pack_table`, `pack_layer`) live in `tfembsize.layers.packed_table`;
+the bit packing of its index arrays in ``tfembsize.layers._packing``. They are re-exported here,
+so ``from tfembsize.layers.compressed_embedding import PackedTable, pack_table`` keeps working.
 
 Lookups, full tables and scores only use ops with GPU kernels and compile with XLA.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import sys
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from tfembsize._keras import keras, register_serializable
-from tfembsize.layers.utils import check_ids_in_range, validate_dim
+from tfembsize._keras import is_legacy_keras, keras, register_serializable
+from tfembsize.layers._packing import WORD_BITS, bits_for, bits_tf, unpack_all_tf, unpack_tf
+from tfembsize.layers._packing import pack_uint as pack_uint  # re-export
+from tfembsize.layers._packing import unpack_uint as unpack_uint  # re-export
+from tfembsize.layers.packed_table import KINDS, PackedTable, pack_layer, pack_table
+from tfembsize.layers.packed_table import POSITIONS as POSITIONS  # re-export
+from tfembsize.layers.packed_table import merge_classes as merge_classes  # re-export
+from tfembsize.layers.utils import EmbeddingOutputsMixin, check_ids_in_range, validate_dim
 
 __all__ = ["CompressedEmbedding", "PackedTable", "pack_table", "KINDS"]
 
+# The old private names of the graph-side unpacking helpers, kept for existing imports.
+_unpack_tf = unpack_tf
+_unpack_all_tf = unpack_all_tf
+
 logger = logging.getLogger(__name__)
-
-KINDS = ("prefix", "sparse")
-_WORD_BITS = 32
-
-
-# --------------------------------------------------------------------------------------------
-# Bit packing (numpy side)
-# --------------------------------------------------------------------------------------------
-def bits_for(max_value: int) -> int:
-    """The fewest bits in {8, 16, 32} that hold every integer in ``[0, max_value]``."""
-    for bits in (8, 16):
-        if max_value < (1 << bits):
-            return bits
-    return 32
-
-
-def pack_uint(values: np.ndarray, bits: int) -> np.ndarray:
-    """Packs non-negative integers into int32 words, ``32 // bits`` per word, low bits first.
-
-    Args:
-        values: 1-D array of integers in ``[0, 2**bits)``.
-        bits: 8, 16 or 32.
-
-    Returns:
-        int32 array of ``ceil(len(values) * bits / 32)`` words.
-    """
-    values = np.asarray(values, dtype=np.int64).ravel()
-    if values.size and (values.min() < 0 or values.max() >= (1 << bits)):
-        raise ValueError(f"values do not fit in {bits} unsigned bits")
-    if bits == 32:
-        return values.astype(np.uint32).view(np.int32).copy()
-    per = _WORD_BITS // bits
-    n_words = -(-values.size // per)
-    padded = np.zeros(n_words * per, dtype=np.uint64)
-    padded[: values.size] = values
-    shifts = (np.arange(per, dtype=np.uint64) * np.uint64(bits))[None, :]
-    words = np.bitwise_or.reduce(padded.reshape(n_words, per) << shifts, axis=1)
-    return words.astype(np.uint32).view(np.int32) if n_words else np.zeros(0, np.int32)
-
-
-def unpack_uint(words: np.ndarray, bits: int, count: int) -> np.ndarray:
-    """Inverse of `pack_uint`: the first ``count`` integers (int64) stored in ``words``."""
-    w = np.asarray(words, dtype=np.int32).view(np.uint32).astype(np.uint64)
-    if bits == 32:
-        return w[:count].astype(np.int64)
-    per = _WORD_BITS // bits
-    shifts = (np.arange(per, dtype=np.uint64) * np.uint64(bits))[None, :]
-    out = (w[:, None] >> shifts) & np.uint64((1 << bits) - 1)
-    return out.ravel()[:count].astype(np.int64)
-
-
-# --------------------------------------------------------------------------------------------
-# Storage format
-# --------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class PackedTable:
-    """The arrays and class structure of a compressed table (see the module docstring).
-
-    Attributes:
-        input_dim: rows of the table.
-        output_dim: width of a lookup (``d_max``).
-        kind: ``"prefix"`` (row ``n`` keeps its first ``w`` coordinates) or ``"sparse"``
-            (any subset, positions stored).
-        class_widths: stored width of each class, in slot order (ascending).
-        class_counts: rows in each class.
-        colist_classes: for ``"sparse"``, classes ``[0, colist_classes)`` store column
-            indices and the rest store bitmasks; 0 for ``"prefix"``.
-        index_bits: bits per entry of ``row_to_slot`` / ``slot_to_row``.
-        column_bits: bits per stored column index (``"sparse"``), else 0.
-        usable_params: parameters allowed to be non-zero in the source layer.
-        values: float array, the class blocks one after another.
-        row_to_slot: int32 words (packed row -> slot map).
-        slot_to_row: int32 words (packed slot -> row map), or an empty array.
-        columns: int32 words (packed column indices of column-list classes), maybe empty.
-        bitmask: int32 words (bitmasks of bitmask classes), maybe empty.
-    """
-
-    input_dim: int
-    output_dim: int
-    kind: str
-    class_widths: tuple[int, ...]
-    class_counts: tuple[int, ...]
-    colist_classes: int
-    index_bits: int
-    column_bits: int
-    usable_params: int
-    values: np.ndarray
-    row_to_slot: np.ndarray
-    slot_to_row: np.ndarray
-    columns: np.ndarray
-    bitmask: np.ndarray
-
-    @property
-    def scoring(self) -> bool:
-        """Whether the slot -> row map is stored (needed for full-table top-k)."""
-        return self.slot_to_row.size > 0
-
-    @property
-    def mask_words(self) -> int:
-        """int32 words of one row's bitmask."""
-        return -(-self.output_dim // _WORD_BITS)
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The stored arrays by name (the weights of a `CompressedEmbedding`)."""
-        return {
-            "values": self.values,
-            "row_to_slot": self.row_to_slot,
-            "slot_to_row": self.slot_to_row,
-            "columns": self.columns,
-            "bitmask": self.bitmask,
-        }
-
-    def value_bytes(self) -> int:
-        """Bytes of the stored values (kept parameters plus any class padding)."""
-        return int(self.values.nbytes)
-
-    def index_bytes(self) -> int:
-        """Bytes of everything that locates the values (maps, columns, bitmasks)."""
-        return int(
-            self.row_to_slot.nbytes
-            + self.slot_to_row.nbytes
-            + self.columns.nbytes
-            + self.bitmask.nbytes
-        )
-
-    def row_widths(self) -> np.ndarray:
-        """Stored width of every row (int32, in row-id order)."""
-        slots = unpack_uint(self.row_to_slot, self.index_bits, self.input_dim)
-        per_slot = np.repeat(
-            np.asarray(self.class_widths, np.int32), np.asarray(self.class_counts, np.int64)
-        )
-        return per_slot[slots].astype(np.int32)
-
-    def to_dense(self) -> np.ndarray:
-        """The full ``[input_dim, output_dim]`` table, zeros where nothing is stored."""
-        n, d = self.input_dim, self.output_dim
-        out = np.zeros((n, d), dtype=self.values.dtype)
-        slot_rows = _slot_to_row_np(self)
-        v_base = c_base = m_base = s0 = 0
-        w_words = self.mask_words
-        for k, (w, c) in enumerate(zip(self.class_widths, self.class_counts, strict=True)):
-            rows = slot_rows[s0 : s0 + c]
-            vals = self.values[v_base : v_base + c * w].reshape(c, w)
-            if self.kind == "prefix":
-                out[rows, :w] = vals
-            elif k < self.colist_classes:
-                cols = unpack_uint(self.columns, self.column_bits, c_base + c * w)[c_base:]
-                np.add.at(out, (np.repeat(rows, w), cols), vals.ravel())
-                c_base += c * w
-            else:
-                words = self.bitmask[m_base : m_base + c * w_words].reshape(c, w_words)
-                bits = _bits_np(words, d)
-                rank = np.cumsum(bits, axis=1) - 1
-                rr, cc = np.nonzero(bits)
-                out[rows[rr], cc] = vals[rr, rank[rr, cc]]
-                m_base += c * w_words
-            v_base += c * w
-            s0 += c
-        return out
-
-
-def _bits_np(words: np.ndarray, d: int) -> np.ndarray:
-    u = words.view(np.uint32).astype(np.uint64)
-    bits = (u[..., None] >> np.arange(_WORD_BITS, dtype=np.uint64)) & np.uint64(1)
-    return bits.reshape(*words.shape[:-1], -1)[..., :d].astype(bool)
-
-
-def _slot_to_row_np(packed: PackedTable) -> np.ndarray:
-    if packed.scoring:
-        return unpack_uint(packed.slot_to_row, packed.index_bits, packed.input_dim)
-    slots = unpack_uint(packed.row_to_slot, packed.index_bits, packed.input_dim)
-    inv = np.empty_like(slots)
-    inv[slots] = np.arange(slots.size)
-    return inv
-
-
-POSITIONS = ("columns", "smallest", "bitmask")
-
-
-def _position_bytes(
-    kind: str, width: int, output_dim: int, column_bits: int, positions: str = "columns"
-) -> tuple[float, bool]:
-    """Bytes per row to locate ``width`` stored values, and whether column lists are used.
-
-    ``positions``: ``"columns"`` (column lists for every row: the fastest to score),
-    ``"bitmask"`` (a bitmask for every row) or ``"smallest"`` (per class, whichever is
-    smaller: column lists for rows with fewer than ``32 * words / column_bits`` values).
-    """
-    if kind == "prefix":
-        return 0.0, False
-    colist = width * column_bits / 8.0
-    bitmask = 4.0 * (-(-output_dim // _WORD_BITS))
-    if positions == "columns":
-        return colist, True
-    if positions == "bitmask":
-        return bitmask, False
-    return (colist, True) if colist < bitmask else (bitmask, False)
-
-
-def merge_classes(
-    widths: np.ndarray,
-    counts: np.ndarray,
-    max_classes: int,
-    row_bytes: Any,
-) -> np.ndarray:
-    """Groups sorted distinct widths into at most ``max_classes`` classes (fewest bytes).
-
-    Rows of distinct width ``widths[i]`` (``counts[i]`` of them) go to a class whose stored
-    width is the largest width in it; ``row_bytes(w)`` is the cost of one row stored at
-    width ``w``. Dynamic programming over the sorted widths, O(K^2 * max_classes).
-
-    Returns:
-        For each distinct width, the stored width of its class.
-    """
-    k = len(widths)
-    if k <= max_classes:
-        return np.asarray(widths).copy()
-    cum = np.concatenate([[0], np.cumsum(counts)])
-    cost_row = np.array([row_bytes(int(w)) for w in widths])
-    inf = np.inf
-    best = np.full((max_classes + 1, k + 1), inf)
-    arg = np.zeros((max_classes + 1, k + 1), dtype=np.int64)
-    best[0, 0] = 0.0
-    for b in range(1, max_classes + 1):
-        for j in range(1, k + 1):
-            cand = best[b - 1, :j] + (cum[j] - cum[:j]) * cost_row[j - 1]
-            i = int(np.argmin(cand))
-            best[b, j], arg[b, j] = cand[i], i
-    b = int(np.argmin(best[1:, k])) + 1
-    out = np.empty(k, dtype=np.int64)
-    j = k
-    while j > 0:
-        i = arg[b, j]
-        out[i:j] = widths[j - 1]
-        j, b = i, b - 1
-    return out
-
-
-def pack_table(
-    table: Any,
-    *,
-    sizes: Any = None,
-    mask: Any = None,
-    usable_params: int | None = None,
-    max_classes: int | None = None,
-    scoring: bool = False,
-    positions: str = "columns",
-) -> PackedTable:
-    """Packs the kept coordinates of a table into the size-class layout.
-
-    Exactly one of ``sizes`` (row ``n`` keeps its first ``sizes[n]`` coordinates) and
-    ``mask`` (a boolean ``[rows, width]`` array of kept coordinates) is needed. A mask that
-    happens to be a prefix mask is stored as ``"prefix"`` (no positions needed).
-
-    Args:
-        table: ``[rows, width]`` float array (values outside the kept set are ignored).
-        sizes: per-row prefix sizes in ``[0, width]``.
-        mask: boolean kept-coordinate mask.
-        usable_params: parameters the source layer may use (default: kept coordinates).
-        max_classes: at most this many size classes (rows padded with stored zeros up to
-            their class width, classes chosen to minimise bytes); None for one class per
-            distinct size (no padding).
-        scoring: also store the slot -> row map (for full-table top-k).
-        positions: for unstructured masks, how non-zeros are located: ``"columns"``
-            (column indices for every row, the default: scoring needs no expansion of the
-            rows), ``"smallest"`` (per class, column indices or a bitmask, whichever is
-            smaller) or ``"bitmask"``.
-
-    Returns:
-        The `PackedTable`.
-
-    Raises:
-        ValueError: bad shapes or sizes, or both / neither of ``sizes`` and ``mask``.
-    """
-    table = np.asarray(table)
-    if table.ndim != 2 or not np.issubdtype(table.dtype, np.floating):
-        raise ValueError(
-            f"`table` must be a 2-D float array. Received shape {table.shape}, dtype {table.dtype}."
-        )
-    n, d = table.shape
-    if (sizes is None) == (mask is None):
-        raise ValueError("pack_table takes exactly one of `sizes` and `mask`.")
-    if positions not in POSITIONS:
-        raise ValueError(
-            f"`positions` must be one of {POSITIONS}. Received: positions={positions!r}"
-        )
-    if max_classes is not None and (
-        isinstance(max_classes, bool)
-        or not isinstance(max_classes, (int, np.integer))
-        or max_classes < 1
-    ):
-        raise ValueError(
-            f"`max_classes` must be a positive integer or None. Received: "
-            f"max_classes={max_classes!r}"
-        )
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != (n, d):
-            raise ValueError(
-                f"`mask` must have the table's shape {(n, d)}. Received shape {mask.shape}."
-            )
-        nnz = mask.sum(axis=1).astype(np.int64)
-        is_prefix = bool(np.array_equal(mask, np.arange(d)[None, :] < nnz[:, None]))
-        if is_prefix:
-            sizes, mask = nnz, None
-    if sizes is not None:
-        kind = "prefix"
-        row_w = np.asarray(sizes)
-        if row_w.shape != (n,) or row_w.dtype.kind not in "iu":
-            raise ValueError(
-                f"`sizes` must be an integer vector of length {n}. Received shape "
-                f"{row_w.shape}, dtype {row_w.dtype}."
-            )
-        if n and (row_w.min() < 0 or row_w.max() > d):
-            raise ValueError(
-                f"`sizes` must lie in [0, {d}]. Received range [{row_w.min()}, {row_w.max()}]."
-            )
-        row_w = row_w.astype(np.int64)
-        column_bits = 0
-    else:
-        kind = "sparse"
-        row_w = nnz
-        column_bits = bits_for(d - 1)
-    kept = int(row_w.sum())
-    usable = kept if usable_params is None else int(usable_params)
-
-    distinct, counts = np.unique(row_w, return_counts=True)
-    value_bytes = table.dtype.itemsize
-
-    def row_bytes(w: int) -> float:
-        return w * value_bytes + _position_bytes(kind, w, d, column_bits, positions)[0]
-
-    if max_classes is not None:
-        stored = merge_classes(distinct, counts, int(max_classes), row_bytes)
-    else:
-        stored = distinct.copy()
-    class_of_width = dict(zip(distinct.tolist(), stored.tolist(), strict=True))
-    row_class_w = (
-        np.array([class_of_width[w] for w in row_w.tolist()], dtype=np.int64)
-        if n
-        else np.zeros(0, np.int64)
-    )
-    widths, counts = np.unique(row_class_w, return_counts=True)
-    # Slot order: by class width, then by row id.
-    slot_to_row = np.lexsort((np.arange(n), row_class_w))
-    row_to_slot = np.empty(n, dtype=np.int64)
-    row_to_slot[slot_to_row] = np.arange(n)
-
-    colist_flags = [
-        kind == "sparse" and _position_bytes(kind, int(w), d, column_bits, positions)[1]
-        for w in widths
-    ]
-    colist_classes = int(sum(colist_flags))
-    if any(colist_flags[colist_classes:]):  # widths ascend, so column lists come first
-        raise AssertionError("column-list classes must precede bitmask classes")
-
-    values_parts, col_parts, mask_parts = [], [], []
-    s0 = 0
-    for k, (w, c) in enumerate(zip(widths.tolist(), counts.tolist(), strict=True)):
-        rows = slot_to_row[s0 : s0 + c]
-        s0 += c
-        if kind == "prefix":
-            block = np.zeros((c, w), dtype=table.dtype)
-            keep = np.arange(w)[None, :] < row_w[rows][:, None]
-            block[keep] = table[rows, :w][keep]
-            values_parts.append(block.ravel())
-            continue
-        m = mask[rows]
-        rank = np.cumsum(m, axis=1) - 1
-        rr, cc = np.nonzero(m)
-        block = np.zeros((c, w), dtype=table.dtype)
-        block[rr, rank[rr, cc]] = table[rows[rr], cc]
-        values_parts.append(block.ravel())
-        if k < colist_classes:
-            cols = np.zeros((c, w), dtype=np.int64)
-            cols[rr, rank[rr, cc]] = cc
-            col_parts.append(cols.ravel())
-        else:
-            mask_parts.append(_mask_words_np(m))
-    values = (
-        np.concatenate(values_parts).astype(table.dtype)
-        if values_parts
-        else np.zeros(0, table.dtype)
-    )
-    index_bits = bits_for(max(n - 1, 0))
-    columns = (
-        pack_uint(np.concatenate(col_parts), column_bits) if col_parts else np.zeros(0, np.int32)
-    )
-    bitmask = np.concatenate(mask_parts).astype(np.int32) if mask_parts else np.zeros(0, np.int32)
-    return PackedTable(
-        input_dim=int(n),
-        output_dim=int(d),
-        kind=kind,
-        class_widths=tuple(int(w) for w in widths),
-        class_counts=tuple(int(c) for c in counts),
-        colist_classes=colist_classes,
-        index_bits=index_bits,
-        column_bits=column_bits,
-        usable_params=usable,
-        values=values,
-        row_to_slot=pack_uint(row_to_slot, index_bits),
-        slot_to_row=pack_uint(slot_to_row, index_bits) if scoring else np.zeros(0, np.int32),
-        columns=columns,
-        bitmask=bitmask,
-    )
-
-
-def _mask_words_np(m: np.ndarray) -> np.ndarray:
-    c, d = m.shape
-    w_words = -(-d // _WORD_BITS)
-    padded = np.zeros((c, w_words * _WORD_BITS), dtype=np.uint64)
-    padded[:, :d] = m
-    shifts = np.arange(_WORD_BITS, dtype=np.uint64)
-    words = np.bitwise_or.reduce(padded.reshape(c, w_words, _WORD_BITS) << shifts, axis=2)
-    return words.astype(np.uint32).view(np.int32).ravel()
-
-
-# --------------------------------------------------------------------------------------------
-# Graph helpers (TF side)
-# --------------------------------------------------------------------------------------------
-def _unpack_tf(words: tf.Tensor, index: tf.Tensor, bits: int) -> tf.Tensor:
-    """Reads packed unsigned integers at ``index`` (int32, any shape) from int32 words."""
-    if bits == 32:
-        return tf.gather(words, index)
-    per = _WORD_BITS // bits
-    shift = per.bit_length() - 1
-    w = tf.gather(words, tf.bitwise.right_shift(index, shift))
-    sh = tf.bitwise.bitwise_and(index, per - 1) * bits
-    return tf.bitwise.bitwise_and(tf.bitwise.right_shift(w, sh), (1 << bits) - 1)
-
-
-def _unpack_all_tf(words: tf.Tensor, bits: int, count: int) -> tf.Tensor:
-    """The first ``count`` packed unsigned integers of ``words`` (elementwise, no gather).
-
-    On little-endian hosts the low-bits-first packing is the memory order of the words, so
-    the unpacking is a free ``tf.bitcast`` to 8/16-bit unsigned integers and one cast (about
-    3x less CPU time than shifting and masking for a 500k-value column list).
-    """
-    if bits == 32:
-        return words[:count]
-    if sys.byteorder == "little":
-        narrow = tf.uint8 if bits == 8 else tf.uint16
-        return tf.cast(tf.reshape(tf.bitcast(words, narrow), [-1])[:count], tf.int32)
-    per = _WORD_BITS // bits
-    shifts = tf.range(per, dtype=tf.int32) * bits
-    out = tf.bitwise.bitwise_and(tf.bitwise.right_shift(words[:, None], shifts), (1 << bits) - 1)
-    return tf.reshape(out, [-1])[:count]
-
-
-def _bits_tf(words: tf.Tensor, d: int) -> tf.Tensor:
-    """Expands ``[..., W]`` int32 words to ``[..., d]`` int32 bits (low bit first)."""
-    shifts = tf.range(_WORD_BITS, dtype=tf.int32)
-    bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(words[..., None], shifts), 1)
-    shape = tf.concat([tf.shape(words)[:-1], [-1]], axis=0)
-    return tf.reshape(bits, shape)[..., :d]
 
 
 @register_serializable
-class CompressedEmbedding(keras.layers.Layer):
+class CompressedEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
     """An inference-only embedding table that stores only the kept parameters.
 
     A lookup returns exactly what the searchable layer it was made from returned: row
     ``n``'s kept coordinates in their places and zeros elsewhere, ``output_dim`` wide, for
     integer ids of any shape (or ragged). The storage is the size-class layout described in
-    the module docstring: the values of all kept coordinates in one flat array (rows of equal
-    stored width form a dense block), a bit-packed row -> slot map, and for unstructured
-    masks the positions of the non-zeros (column indices, or bitmasks). Stored bytes are
-    4 bytes per usable parameter plus ``index_bits / 8`` bytes per row (twice that for a
-    ``scoring`` table), plus the positions of unstructured masks (1 byte per non-zero with
-    8-bit columns); `tfembsize.export.compression_report` counts all of it.
+    `tfembsize.layers.packed_table`: the values of all kept coordinates in one flat array
+    (rows of equal stored width form a dense block), a bit-packed row -> slot map, and for
+    unstructured masks the positions of the non-zeros (column indices, or bitmasks). Stored
+    bytes are 4 bytes per usable parameter plus ``index_bits / 8`` bytes per row (twice that
+    for a ``scoring`` table), plus the positions of unstructured masks (1 byte per non-zero
+    with 8-bit columns); `tfembsize.export.compression_report` counts all of it.
 
     Build one with `CompressedEmbedding.from_layer` (from a `MaskedEmbedding`,
     `BudgetedEmbedding` or a PEP layer) or `from_packed`; `tfembsize.export.compress`
@@ -637,7 +170,7 @@ class CompressedEmbedding(keras.layers.Layer):
         self.num_values = int(self._bases[-1])
         if self.num_values >= 2**31:
             raise ValueError("CompressedEmbedding holds at most 2**31 - 1 values.")
-        self._mask_words = -(-self.output_dim // _WORD_BITS)
+        self._mask_words = -(-self.output_dim // WORD_BITS)
         k_t = self.colist_classes
         col = np.zeros(len(widths) + 1, dtype=np.int64)
         col[1 : k_t + 1] = np.cumsum(widths[:k_t] * counts[:k_t])
@@ -653,8 +186,8 @@ class CompressedEmbedding(keras.layers.Layer):
         self._wmax_colist = int(widths[:k_t].max()) if k_t else 0
 
     def _shapes(self) -> dict[str, tuple[int, str]]:
-        index_words = -(-self.input_dim * self.index_bits // _WORD_BITS)
-        col_words = -(-self.num_columns * max(self.column_bits, 1) // _WORD_BITS)
+        index_words = -(-self.input_dim * self.index_bits // WORD_BITS)
+        col_words = -(-self.num_columns * max(self.column_bits, 1) // WORD_BITS)
         return {
             "values": (self.num_values, self.value_dtype),
             "row_to_slot": (index_words, "int32"),
@@ -665,11 +198,19 @@ class CompressedEmbedding(keras.layers.Layer):
 
     def _create_weights(self) -> None:
         self._arrays: dict[str, Any] = {}
+        # Lookups work in the stored dtype and cast their result to the compute dtype, so
+        # a mixed-precision policy must not autocast the values when they are read.
+        no_autocast = {"experimental_autocast": False} if is_legacy_keras() else {"autocast": False}
         for name, (size, dtype) in self._shapes().items():
             if name in ("slot_to_row", "columns", "bitmask") and size == 0:
                 continue
             self._arrays[name] = self.add_weight(
-                name=name, shape=(size,), dtype=dtype, initializer="zeros", trainable=False
+                name=name,
+                shape=(size,),
+                dtype=dtype,
+                initializer="zeros",
+                trainable=False,
+                **no_autocast,
             )
 
     def build(self, input_shape: Any = None) -> None:
@@ -788,9 +329,12 @@ class CompressedEmbedding(keras.layers.Layer):
 
     def _lookup(self, inputs: Any) -> tf.Tensor:
         ids = tf.convert_to_tensor(inputs)
+        if ids.dtype not in (tf.int32, tf.int64):
+            ids = tf.cast(ids, tf.int32)
+        # Checked before the cast to int32: an int64 id such as 2**32 would wrap to 0.
+        ids = check_ids_in_range(ids, self.input_dim, self.name)
         if ids.dtype != tf.int32:
             ids = tf.cast(ids, tf.int32)
-        ids = check_ids_in_range(ids, self.input_dim, self.name)
         flat = tf.reshape(ids, [-1])
         rows = self.lookup_flat(flat)
         out_shape = tf.concat([tf.shape(ids), [self.output_dim]], axis=0)
@@ -824,7 +368,7 @@ class CompressedEmbedding(keras.layers.Layer):
         if self.num_values == 0:
             return tf.zeros([m, d], dtype)
         consts = self._class_consts()
-        slots = _unpack_tf(self._read("row_to_slot"), ids, self.index_bits)
+        slots = unpack_tf(self._read("row_to_slot"), ids, self.index_bits)
         cls = self._class_of(slots)
         width = tf.gather(consts["widths"], cls)
         local = slots - tf.gather(consts["starts"], cls)
@@ -849,7 +393,7 @@ class CompressedEmbedding(keras.layers.Layer):
             vals = tf.where(valid, tf.gather(values, v_idx), tf.zeros([], dtype))
             c_first = tf.gather(consts["col_bases"], cls) + local * width
             c_idx = tf.where(valid, c_first[:, None] + j[None, :], 0)
-            cols = _unpack_tf(self._read("columns"), c_idx, self.column_bits)
+            cols = unpack_tf(self._read("columns"), c_idx, self.column_bits)
             # Scatter-add into [m, d]; padding entries add 0 to column 0 of their row.
             seg = tf.range(m, dtype=tf.int32)[:, None] * d + tf.where(valid, cols, 0)
             scattered = tf.math.unsorted_segment_sum(
@@ -862,22 +406,12 @@ class CompressedEmbedding(keras.layers.Layer):
             w_first = tf.gather(consts["mask_bases"], cls) + local * nw
             w_idx = tf.where(is_b[:, None], w_first[:, None] + tf.range(nw)[None, :], 0)
             words = tf.gather(self._read("bitmask"), w_idx)
-            bits = _bits_tf(words, d) * tf.cast(is_b, tf.int32)[:, None]
+            bits = bits_tf(words, d) * tf.cast(is_b, tf.int32)[:, None]
             rank = tf.cumsum(bits, axis=1, exclusive=True)
             on = bits > 0
             idx = tf.where(on, first[:, None] + rank, 0)
             out += tf.where(on, tf.gather(values, idx), tf.zeros([], dtype))
         return out
-
-    def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
-        """Padding mask (``ids != 0``) when ``mask_zero`` is set, as in ``Embedding``."""
-        if not self.mask_zero:
-            return None
-        return tf.not_equal(inputs, 0)
-
-    def compute_output_shape(self, input_shape: Any) -> tuple:
-        """Input shape with ``output_dim`` appended."""
-        return (*tuple(input_shape), self.output_dim)
 
     # Whole-table operations -------------------------------------------------------------------
     def masked_table(self) -> tf.Tensor:
@@ -938,7 +472,7 @@ class CompressedEmbedding(keras.layers.Layer):
                 parts.append(tf.zeros([tf.shape(q)[0], rows_c], q.dtype))
             else:
                 vals = values[:n_vals]
-                cols = _unpack_all_tf(self._read("columns"), self.column_bits, n_vals)
+                cols = unpack_all_tf(self._read("columns"), self.column_bits, n_vals)
                 starts, bases = self._starts, self._bases
 
                 def gathered() -> tf.Tensor:
@@ -980,7 +514,7 @@ class CompressedEmbedding(keras.layers.Layer):
             rows_b = int(self._starts[-1] - self._starts[k_t])
             nw = self._mask_words
             words = tf.reshape(self._read("bitmask"), [rows_b, nw])
-            bits = _bits_tf(words, d)
+            bits = bits_tf(words, d)
             rank = tf.cumsum(bits, axis=1, exclusive=True)
             offsets = tf.concat(
                 [
@@ -1001,7 +535,7 @@ class CompressedEmbedding(keras.layers.Layer):
     def scores(self, queries: tf.Tensor) -> tf.Tensor:
         """Dot products of ``queries [b, output_dim]`` with every row, in row-id order."""
         slot_scores = self.slot_scores(queries)
-        slots = _unpack_all_tf(self._read("row_to_slot"), self.index_bits, self.input_dim)
+        slots = unpack_all_tf(self._read("row_to_slot"), self.index_bits, self.input_dim)
         return tf.gather(slot_scores, slots, axis=1)
 
     def top_k(self, queries: tf.Tensor, k: Any) -> tuple[tf.Tensor, tf.Tensor]:
@@ -1022,7 +556,7 @@ class CompressedEmbedding(keras.layers.Layer):
                 "the slot -> row map `top_k` needs. Compress it with scoring=True."
             )
         top = tf.math.top_k(self.slot_scores(queries), k=k)
-        ids = _unpack_tf(self._read("slot_to_row"), top.indices, self.index_bits)
+        ids = unpack_tf(self._read("slot_to_row"), top.indices, self.index_bits)
         return ids, top.values
 
     # Config -----------------------------------------------------------------------------------
@@ -1057,43 +591,3 @@ def _as_tf_variable(var: Any) -> tf.Variable:
     if isinstance(inner, tf.Variable):
         return inner
     raise TypeError(f"Cannot find the tf.Variable behind {var!r}.")
-
-
-def pack_layer(
-    layer: Any,
-    *,
-    scoring: bool = False,
-    max_classes: int | None = None,
-    positions: str = "columns",
-) -> PackedTable:
-    """Packs a searchable layer's kept coordinates (see `CompressedEmbedding.from_layer`)."""
-    usable = None
-    if callable(getattr(layer, "usable_params", None)):
-        usable = int(layer.usable_params())
-    if callable(getattr(layer, "pruning_mask", None)) and callable(
-        getattr(layer, "pruned_table", None)
-    ):
-        mask = np.asarray(layer.pruning_mask(), dtype=bool)
-        table = np.asarray(tf.convert_to_tensor(layer.pruned_table()).numpy())
-        return pack_table(
-            table,
-            mask=mask,
-            usable_params=usable,
-            max_classes=max_classes,
-            scoring=scoring,
-            positions=positions,
-        )
-    if hasattr(layer, "sizes") and callable(getattr(layer, "masked_table", None)):
-        table = np.asarray(tf.convert_to_tensor(layer.masked_table()).numpy())
-        return pack_table(
-            table,
-            sizes=np.asarray(layer.sizes),
-            usable_params=usable,
-            max_classes=max_classes,
-            scoring=scoring,
-        )
-    raise TypeError(
-        f"Cannot compress layer '{getattr(layer, 'name', layer)}' of type "
-        f"{type(layer).__name__}: it exposes neither `pruning_mask()`/`pruned_table()` (PEP) "
-        "nor `sizes`/`masked_table()` (MaskedEmbedding)."
-    )

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from tfembsize._keras import keras, register_serializable
 from tfembsize.layers.utils import (
+    EmbeddingOutputsMixin,
     check_ids_in_range,
     embedding_base_kwargs,
     set_embedding_arguments,
@@ -36,7 +37,7 @@ class _MaskedRegularizer:
 
 
 @register_serializable
-class MaskedEmbedding(keras.layers.Layer):
+class MaskedEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
     """A drop-in for ``tf.keras.layers.Embedding`` with a per-row size (a prefix mask).
 
     Row ``n`` keeps its first ``d_n`` coordinates and zeros the rest: the lookup returns
@@ -237,16 +238,6 @@ class MaskedEmbedding(keras.layers.Layer):
         # on nothing, so Grappler folds it into a constant; the saved graph stays small.
         prefixes = tf.sequence_mask(tf.range(self.output_dim + 1), self.output_dim, rows.dtype)
         return tf.cast(rows * tf.gather(prefixes, sizes), self.compute_dtype)
-
-    def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
-        """Padding mask (``ids != 0``) when ``mask_zero`` is set, as in ``Embedding``."""
-        if not self.mask_zero:
-            return None
-        return tf.not_equal(inputs, 0)
-
-    def compute_output_shape(self, input_shape: Any) -> tuple:
-        """Input shape with ``output_dim`` appended."""
-        return (*tuple(input_shape), self.output_dim)
 
     # Config ----------------------------------------------------------------------------------
     def get_config(self) -> dict:

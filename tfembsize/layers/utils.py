@@ -20,6 +20,7 @@ __all__ = [
     "ids_out_of_range_message",
     "validate_dim",
     "iter_layers",
+    "EmbeddingOutputsMixin",
 ]
 
 
@@ -124,6 +125,43 @@ def check_ids_in_range(ids: tf.Tensor, input_dim: int, layer_name: str) -> tf.Te
     )
     with tf.control_dependencies([assert_op]):
         return tf.identity(ids)
+
+
+class EmbeddingOutputsMixin:
+    """The padding mask, output shape and symbolic output of ``keras.layers.Embedding``.
+
+    Put it before the Keras ``Layer`` base class. The layer needs ``output_dim`` and
+    ``mask_zero`` attributes. The three methods behave as those of the ``Embedding`` of the
+    Keras that TensorFlow resolved:
+
+    * Keras 3 builds functional models from symbolic ``KerasTensor`` inputs, which TensorFlow
+      ops reject, so the padding mask uses ``keras.ops.not_equal`` there (``tf.not_equal``
+      under tf-keras, whose symbolic tensors are TensorFlow tensors). The lookup itself stays
+      in ``call`` with ``tf.*`` ops.
+    * Output shapes are tuples under Keras 3 and ``tf.TensorShape`` under tf-keras.
+    * Under Keras 3 a ragged symbolic input gives a ragged symbolic output.
+    """
+
+    def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
+        """Padding mask (``ids != 0``) when ``mask_zero`` is set, as in ``Embedding``."""
+        if not self.mask_zero:
+            return None
+        if is_legacy_keras():
+            return tf.not_equal(inputs, 0)
+        return keras.ops.not_equal(inputs, 0)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        """Input shape with ``output_dim`` appended (a ``tf.TensorShape`` under tf-keras)."""
+        if is_legacy_keras():
+            return tf.TensorShape(input_shape).concatenate([self.output_dim])
+        return (*tuple(input_shape), self.output_dim)
+
+    def compute_output_spec(self, inputs: Any) -> Any:
+        """Keras 3: the symbolic output (ragged for a ragged input), as ``Embedding``'s."""
+        shape = self.compute_output_shape(inputs.shape)
+        return keras.KerasTensor(
+            shape, dtype=self.compute_dtype, ragged=bool(getattr(inputs, "ragged", False))
+        )
 
 
 def iter_layers(model: Any) -> list:

@@ -14,10 +14,10 @@ from tfembsize.controllers.base import validate_sparsities
 from tfembsize.layers.pep_embedding import (
     GRANULARITIES,
     THRESHOLD_FNS,
-    PEPAdam,
     PEPEmbedding,
     find_pep_layers,
 )
+from tfembsize.optimizers import PEPAdam
 from tfembsize.training.config import TrainConfig
 
 __all__ = ["PEPConfig"]

@@ -10,7 +10,8 @@ import numpy as np
 from tfembsize._keras import keras
 from tfembsize.budget import Budget
 from tfembsize.controllers.pep.config import PEPConfig, _pep_layers
-from tfembsize.layers.pep_embedding import PEPAdam, PEPEmbedding, find_pep_layers
+from tfembsize.layers.pep_embedding import PEPEmbedding, find_pep_layers
+from tfembsize.optimizers import PEPAdam
 from tfembsize.training.loop import train_bpr
 
 __all__ = ["pep_model", "retrain_ticket", "ticket_model"]
