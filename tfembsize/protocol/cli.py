@@ -207,7 +207,7 @@ def build_config(args: argparse.Namespace, results_root: str | os.PathLike | Non
     if data_dir is not None and _is_lightgcn_dir(Path(data_dir)):
         if dataset is None or dataset.lower() in ("gowalla", "ml-1m", "ml-100k"):
             label = (dataset or Path(data_dir).resolve().name).lower()
-            dataset, data_dir = str(Path(data_dir).resolve()), None
+            dataset, data_dir = os.fspath(data_dir), None
         else:
             label = dataset.lower()
     else:
@@ -282,7 +282,7 @@ def main(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(message)s",
     )
-    from tfembsize.protocol.provenance import command, machine, now
+    from tfembsize.protocol.provenance import command, machine, now, portable_args
     from tfembsize.protocol.registry import available_methods, get_method
     from tfembsize.protocol.runner import run_protocol
 
@@ -302,7 +302,7 @@ def main(
     if argv is None:
         cmd = command(None if program_as_typed else program)
     else:
-        cmd = f"{program} " + shlex.join(argv)
+        cmd = f"{program} " + shlex.join(portable_args(argv))
     meta = {"command": cmd, "date": now(), "machine": machine()}
     reuse = [d for d in (args.reuse_cells or "").split(",") if d.strip()]
     report = run_protocol(
