@@ -1,7 +1,7 @@
 """Overhead of MaskedEmbedding over a plain Keras Embedding.
 
 Times a BPR matrix-factorisation train step on Gowalla-sized synthetic tables (29,858 users x
-40,981 items, d = 128, batch 2048, Adam, the MF recipe of algorithms.md §2) with
+40,981 items, d = 128, batch 2048, Adam, the library's default MF recipe) with
 ``MaskedEmbedding`` tables (A) and ``Embedding`` tables (B), alternating A B A B in one process,
 plus forward-only lookups at batch 1 and 1024. Ratios are masked / plain medians of paired
 rounds. A second train-step pair with plain SGD (sparse updates, the cheapest optimiser) shows

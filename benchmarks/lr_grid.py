@@ -1,4 +1,4 @@
-"""Learning-rate grid for a BPR backbone at full size, selected on validation (spec §2).
+"""Learning-rate grid for a BPR backbone at full size, selected on validation only.
 
 For each learning rate (constant Adam) and the papers' recipe (lr 0.03, x0.95 every 200 steps,
 floor 1e-3, batch 10 000), trains the backbone with `train_bpr` (early stopping on validation

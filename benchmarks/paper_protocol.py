@@ -11,7 +11,7 @@ Usage:
         --methods full,es,mr --sparsity 0.8,0.9,0.95 --seeds 3 \
         --out benchmarks/results/paper_protocol/ml-1m_mf
     python benchmarks/paper_protocol.py --dataset synthetic --backbone mf --methods full,es \
-        --d-max 16 --max-steps 200 --eval-every 50        # a smoke test in seconds
+        --d-max 32 --max-steps 200 --eval-every 50        # a smoke test in seconds
     python benchmarks/paper_protocol.py --dataset ml-1m --backbone mf --methods bet,es,mr \
         --bet-iterations 50 --bet-candidates 100 --bet-epochs 10 \
         --reuse-cells benchmarks/results/paper_protocol/ml-1m_mf \

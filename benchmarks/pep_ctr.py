@@ -16,7 +16,7 @@ per field works the same way (a `PEPController` attached to several layers sums 
 and budgets over their rows). The linear weights ``w`` are a plain 1-wide ``Embedding`` and are
 not pruned (as in the official FM); they are counted separately.
 
-Recipe (algorithms.md §6, official ML-1M settings): d = 32, Xavier-uniform init, batch 1024,
+Recipe (the PEP authors' official ML-1M settings): d = 32, Xavier-uniform init, batch 1024,
 `PEPAdam` lr 1e-3 with threshold_lr 1e-3, coupled L2 1e-5, global clip 100, s0 = -15,
 per-entry thresholds. The pruning run (``model.fit`` with `PEPController.callback`) captures
 a mask at each target sparsity; each mask is retrained as a lottery ticket (``E0 * M``, the

@@ -1,6 +1,6 @@
 """Overhead of PEPEmbedding over a plain Keras Embedding: one BPR-MF training epoch.
 
-Trains BPR matrix factorisation (algorithms.md §2 MF: d = 128, batch 2048, loss = mean
+Trains BPR matrix factorisation (the library's MF: d = 128, batch 2048, loss = mean
 softplus(neg - pos) + 1e-4 x squared norms of the batch embeddings / batch) for one epoch,
 ceil(|train| / 2048) steps, with every arm alternated A B C ... in one process:
 

@@ -1,4 +1,4 @@
-"""Interactions (ids, CSR, frequencies, set operations) and the per-user split (spec §1.2)."""
+"""Interactions (ids, CSR, frequencies, set operations) and the per-user 50/25/25 split."""
 
 from __future__ import annotations
 

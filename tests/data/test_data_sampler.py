@@ -1,4 +1,4 @@
-"""BPR sampling (spec §2): validity, distribution, determinism, resume, and the tf.data pipeline."""
+"""BPR sampling: validity, distribution, determinism, resume, and the tf.data pipeline."""
 
 from __future__ import annotations
 

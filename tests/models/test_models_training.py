@@ -144,7 +144,7 @@ def test_train_config_validation_and_presets():
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert isinstance(config.schedule(), StaircaseDecay)
     assert TrainConfig().schedule() == 1e-3
-    # The measured-good MF recipe (spec §2): constant 1e-3, batch 2048.
+    # The measured-good MF recipe (benchmarks/results/lr_grid.md): constant 1e-3, batch 2048.
     assert default_config(MF.create(3, 3, 2)) == PRESETS["mf"]
     assert (PRESETS["mf"].learning_rate, PRESETS["mf"].batch_size) == (1e-3, 2048)
     assert PRESETS["mf"].decay_rate == 1.0

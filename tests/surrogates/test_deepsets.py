@@ -62,7 +62,7 @@ def test_leaky_relu_slope_and_linear_output():
 
 
 def _numpy_forward(s, action):
-    """An independent numpy implementation of spec §4.3 for random weights."""
+    """An independent numpy implementation of BET's DeepSets predictor for random weights."""
     w = s.get_weights()
     lrelu = lambda v: np.where(v > 0, v, 0.01 * v)  # noqa: E731
     per_mlp = 4  # kernel_0, kernel_1, bias_0, bias_1

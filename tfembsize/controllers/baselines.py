@@ -111,8 +111,9 @@ class StaticController(Controller):
 class ES(StaticController):
     """Equal sizes: every user and item gets floor((1 - c) * d_max).
 
-    The papers' "SU"/"ES" baseline (spec §1.7). The budget spans users and items, so this
-    is also the largest size every entity can share: N * floor((1 - c) * d_max) <= B(c).
+    The uniform baseline of the CIESS and BET papers ("SU" or "ES"). The budget spans users and
+    items, so this is also the largest size every entity can share:
+    N * floor((1 - c) * d_max) <= B(c).
 
     Args:
         sparsity: target sparsity in (0, 1), or a sequence of them.

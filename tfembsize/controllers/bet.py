@@ -160,7 +160,8 @@ class BETController(Controller):
         sparsity: target sparsity c in (0, 1), or a sequence of them (e.g. (0.8, 0.9, 0.95)).
         search_iterations: T, search iterations per sparsity (50).
         num_candidates: m, candidates per iteration (100).
-        finetune_epochs: h, fine-tuning epochs per iteration (10; 15 for NGCF [paper]).
+        finetune_epochs: h, fine-tuning epochs per iteration (10; 15 for NGCF, as the BET paper
+            prescribes).
         finetune_steps: fine-tune for this many optimiser steps instead of h epochs.
         strategy_cycle: strategy of iteration t is ``strategy_cycle[t % len]``; names from
             `STRATEGIES`. ``("random",)`` is the random-selection ablation.
@@ -171,10 +172,11 @@ class BETController(Controller):
         retrain: whether to ask for the selective retraining (K ``"scratch"`` decisions per
             sparsity). With False the controller stops after the search and `best_plan` is
             the best archived action; `top_actions` gives the candidates to retrain yourself.
-        split: budget split, ``"feasible"`` [ours] or ``"uniform"`` [paper/code] (see
+        split: budget split, ``"feasible"`` (this library's default, every entity can
+            get size >= 1) or ``"uniform"`` (as the BET paper and code) (see
             `BudgetedActionSampler`).
-        per_action_distribution: draw family and beta per action [code] (True) or once per
-            iteration [paper] (False).
+        per_action_distribution: draw family and beta per action (True, as the BET
+            authors' code) or once per iteration (False, as the BET paper).
         families: share distribution families to choose from.
         beta_max: override of beta_max per family.
         max_redraws: R, rejected draws before clipping to d_max (50).

@@ -1,4 +1,4 @@
-"""BET's budget-aware action sampler (spec §4.2).
+"""BET's budget-aware action sampler (Qu et al., WSDM 2024).
 
 An *action* sizes every user and item. Sizes are assigned by frequency rank (most frequent
 first, ties by id), so an action is fully described by how many entities of each side get
@@ -41,7 +41,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FAMILIES = ("power_law", "truncated_normal", "truncated_exponential", "log_normal")
-"""The four share distributions of BET (spec §4.2 table)."""
+"""The four share distributions BET draws sizes from (power law, truncated normal, truncated
+exponential, log-normal; parameter beta ~ U(0, beta_max) with the maxima in `DEFAULT_BETA_MAX`)."""
 
 DEFAULT_BETA_MAX = {
     "power_law": 20.0,
@@ -49,7 +50,7 @@ DEFAULT_BETA_MAX = {
     "truncated_exponential": 5.0,
     "log_normal": 0.5,
 }
-"""beta ~ U(0, beta_max) per family [code]."""
+"""beta ~ U(0, beta_max) per family, the maxima of the BET authors' released code."""
 
 SPLITS = ("feasible", "uniform")
 
@@ -149,7 +150,7 @@ class ActionBatch:
 
 
 class BudgetedActionSampler:
-    """Draws whole-table size allocations that meet a budget by construction (BET §4.2).
+    """Draws whole-table size allocations that meet a budget by construction (BET).
 
     Args:
         frequencies: training frequencies per side, ``(users, items)`` (or one side). Used
@@ -158,13 +159,13 @@ class BudgetedActionSampler:
             table per side this is B(c) itself; `tfembsize.controllers.base.Problem`
             computes it).
         d_max: largest size.
-        split: ``"feasible"`` [ours] draws w ~ U(N_U / S, 1 - N_V / S), so every entity can
-            get size >= 1 (further capped so that no side gets more than N_side * d_max);
-            ``"uniform"`` draws w ~ U(0, 1) as the paper and code, then clamps the users'
-            budget into the same feasible range.
-        per_action: True [code] draws family and beta anew for every action; False [paper,
-            Alg. 1] draws them once per `sample` call for each side (a rejected draw is
-            redrawn for that action only).
+        split: ``"feasible"`` (this library's default) draws w ~ U(N_U / S, 1 - N_V / S), so every
+            entity can get size >= 1 (further capped so that no side gets more than N_side * d_max);
+            ``"uniform"`` draws w ~ U(0, 1) as the paper and code, then clamps the users' budget
+            into the same feasible range.
+        per_action: True (the BET authors' code) draws family and beta anew for every action;
+            False (the BET paper's Algorithm 1) draws them once per `sample` call for each side
+            (a rejected draw is redrawn for that action only).
         families: the families to choose from (uniformly).
         beta_max: beta_max per family (defaults: `DEFAULT_BETA_MAX`).
         max_redraws: R, rejected family/beta draws per side before clipping to d_max.

@@ -2,7 +2,7 @@
 
 An `Interactions` object is a set of positive (user, item) pairs over contiguous 0-based ids,
 with the maps back to the raw ids of the source file. `Interactions.split` cuts it into a
-`Split` following the evaluation protocol of the CIESS and BET papers (spec §1.2): every
+`Split` following the evaluation protocol of the CIESS and BET papers (50/25/25 per user): every
 user's interactions are shuffled with a seeded generator and cut at ``round(0.5 n_u)`` and
 ``round(0.75 n_u)``.
 """
@@ -57,7 +57,7 @@ class Interactions:
     ``[0, num_users)`` and ``[0, num_items)``; ``num_users`` / ``num_items`` are the embedding
     table sizes, so they may exceed the largest id that occurs (a validation set keeps the
     sizes of the full data). Frequencies count the pairs of *this* set only: for a `Split`,
-    use ``split.user_frequencies`` (training counts, spec §0).
+    use ``split.user_frequencies`` (training counts, what the controllers use).
 
     Args:
         users: user id of each pair (integers in ``[0, num_users)``).
@@ -178,8 +178,8 @@ class Interactions:
         """Builds a set from raw (user, item) ids, remapping them to contiguous ids.
 
         Raw ids are sorted (``np.unique``) and numbered from 0, so only entities that occur get
-        a row (spec §1.1: N counts table rows that appear). Repeated pairs are kept once and
-        counted in ``duplicates_removed``.
+        a row (the N of the budget counts only the rows that appear). Repeated pairs are kept
+        once and counted in ``duplicates_removed``.
 
         Args:
             raw_users: raw user id of each pair (integers or strings).
@@ -223,7 +223,7 @@ class Interactions:
 
     @property
     def num_entities(self) -> int:
-        """``num_users + num_items``, the N of the budget (spec §0)."""
+        """``num_users + num_items``, the N of the budget ``floor((1 - c) * d_max * N)``."""
         return self._num_users + self._num_items
 
     @property
@@ -370,7 +370,7 @@ class Interactions:
         test: float = 0.25,
         seed: int = 42,
     ) -> Split:
-        """Splits every user's interactions into train, validation and test (spec §1.2).
+        """Splits every user's interactions into train, validation and test (50/25/25 by default).
 
         For each user with ``n_u`` interactions, the items (in increasing id order) are put in
         a random order drawn from ``numpy.random.default_rng(seed)``, and the first
@@ -536,10 +536,11 @@ def _lookup(id_map: np.ndarray, raw_ids: Any, what: str) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """A per-user train/validation/test split of one interaction set (spec §1.2).
+    """A per-user train/validation/test split of one interaction set.
 
     The three parts are disjoint, cover the original pairs, and share ``num_users``,
-    ``num_items`` and the id maps. Frequencies (spec §0) come from the training part.
+    ``num_items`` and the id maps. Frequencies (interaction counts per entity) come from the
+    training part only.
 
     Attributes:
         train: pairs to fit on.
@@ -629,13 +630,13 @@ class Split:
     def known_items(self, phase: str = "validation") -> tuple[np.ndarray, np.ndarray]:
         """CSR ``(indptr, indices)`` of the items excluded from ranking at ``phase``.
 
-        Spec §1.4: at ``"validation"`` these are the training items, at ``"test"`` the
-        training and validation items. Items per user are sorted.
+        At ``"validation"`` these are the training items, at ``"test"`` the training and
+        validation items: a known positive is never recommended again. Items per user are sorted.
         """
         return self.known(phase).csr()
 
     def train_validation(self) -> Interactions:
-        """``train ∪ validation``, for the optional parity-mode refit (spec §1.3); cached."""
+        """``train ∪ validation``, for the parity-mode refit (`TrainConfig.refit`); cached."""
         if "train_validation" not in self._cache:
             self._cache["train_validation"] = self.train.union(self.validation)
         return self._cache["train_validation"]

@@ -6,8 +6,9 @@ is strict: any unexpected character, empty field or wrong field count raises
 `MalformedFileError` naming the file and the 1-based line number.
 
 Every loader returns an `Interactions` with contiguous ids over the users and items that occur
-(spec §1.1: N counts the table rows that appear; ML-1M has 3,706 rated movies out of an id range
-of 3,952). Repeated (user, item) pairs, which a rating file or a train/test pair of files may
+(so N, the row count of the budget, counts the rows that appear: ML-1M has 3,706 rated movies
+out of an id range of 3,952, and a table over the raw id range would carry 246 unused rows and
+a larger budget). Repeated (user, item) pairs, which a rating file or a train/test pair of files may
 contain, are kept once; the number dropped is logged and stored in
 ``Interactions.duplicates_removed``.
 """
@@ -245,7 +246,7 @@ def load_lightgcn(directory: str | os.PathLike, *, name: str | None = None) -> I
     """Loads a data set in the LightGCN format and merges its train and test files.
 
     The folder holds ``train.txt`` and ``test.txt`` (or ``.gz`` copies), one line per user:
-    ``user_id item_id item_id ...`` separated by whitespace. As the spec prescribes (§1.1),
+    ``user_id item_id item_id ...`` separated by whitespace. As in the CIESS and BET papers,
     both files are merged and re-split later with `Interactions.split`. A line with a user id
     and no items is allowed and adds nothing. A missing ``test.txt`` is allowed (the data is
     then ``train.txt`` alone).
@@ -303,13 +304,13 @@ def _movielens_file(path: Path) -> Path:
 
 
 def load_movielens(path: str | os.PathLike, *, name: str | None = None) -> Interactions:
-    """Loads MovieLens ratings, every rating as an implicit positive (spec §1.1).
+    """Loads MovieLens ratings, every rating as an implicit positive (as the CIESS paper).
 
     Reads ML-1M's ``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``) and ML-100K's
     ``u.data`` (``user<TAB>item<TAB>rating<TAB>timestamp``), plain or ``.gz``. The separator is
     chosen from the file name (``ratings.dat`` -> ``::``, ``u.data`` -> tab) or, for other
     names, from the first line. Every line is a rating: the first line is *not* skipped (the
-    official CIESS code drops it; the spec says not to copy that).
+    official CIESS code drops it by mistake, which loses one rating).
 
     Args:
         path: the ratings file, or a folder holding ``ratings.dat[.gz]`` or ``u.data[.gz]``.

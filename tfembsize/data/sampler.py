@@ -1,4 +1,4 @@
-"""BPR triple sampling (spec §2) in numpy, and the `tf.data` pipeline built on it."""
+"""BPR triple sampling (Rendle et al., 2009) in numpy, and the `tf.data` pipeline built on it."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _check_seed(seed: Any) -> int:
 
 
 class BPRSampler:
-    """Draws BPR training triples (user, positive item, negative item), as in spec §2.
+    """Draws BPR training triples (user, positive item, negative item), as in CIESS and BET.
 
     Each batch: users are drawn uniformly from the users that have a training positive,
     without replacement when the batch is not larger than their number and with replacement
@@ -53,9 +53,9 @@ class BPRSampler:
     Args:
         train: the training interactions.
         seed: non-negative integer seed.
-        replace: ``None`` (default) for the spec's rule, ``True`` to always draw users with
-            replacement, ``False`` to never do so (then ``batch_size`` must not exceed the
-            number of eligible users).
+        replace: ``None`` (default) for the official samplers' rule above, ``True`` to always draw
+            users with replacement, ``False`` to never do so (then ``batch_size`` must not exceed
+            the number of eligible users).
 
     Example:
         >>> sampler = BPRSampler(train, seed=0)  # doctest: +SKIP
@@ -233,7 +233,7 @@ def bpr_dataset(
     start_step: int = 0,
     replace: bool | None = None,
 ) -> tf.data.Dataset:
-    """A `tf.data.Dataset` of BPR batches (spec §2), deterministic under ``seed``.
+    """A `tf.data.Dataset` of BPR batches (see `BPRSampler`), deterministic under ``seed``.
 
     Element ``t`` is ``BPRSampler(train, seed).sample_at(start_step + t, batch_size)`` as
     tensors: ``{"user", "pos_item", "neg_item"}``, int32 of static shape ``[batch_size]``. The

@@ -504,7 +504,7 @@ def _call_specs(model: Any, input_signature: Any) -> tuple[list[tf.TensorSpec], 
             raise ValueError(
                 f"Cannot infer the call's input signature of {type(model).__name__} "
                 f"'{getattr(model, 'name', '')}'. Pass input_signature= (a tf.TensorSpec, "
-                "a list of them or a dict name -> spec)."
+                "a list of them or a dict name -> tf.TensorSpec)."
             )
         input_signature = inputs
     if isinstance(input_signature, Mapping):

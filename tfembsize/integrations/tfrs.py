@@ -307,10 +307,10 @@ def build_index(
     The index holds the current candidate embeddings (rebuild it after training or after
     changing sizes) and ``model.query_model`` (a retrieval model's query tower) or, for the
     other tfembsize backbones, a query model that looks up ``embed_users``. It is called once
-    on user 0 so that it can be saved with ``tf.saved_model.save`` at once (TFRS #131,
-    #640). ``k`` is fixed when the index is traced: pass ``k`` explicitly in your serving
-    signature if it must vary (TFRS #744). Known positives are not excluded; use
-    ``index.query_with_exclusions`` for that.
+    on user 0 so that it can be saved with ``tf.saved_model.save`` at once (GitHub issues
+    tensorflow/recommenders#131 and #640). ``k`` is fixed when the index is traced: pass ``k``
+    explicitly in your serving signature if it must vary (tensorflow/recommenders#744). Known
+    positives are not excluded; use ``index.query_with_exclusions`` for that.
 
     Args:
         model: a model with the retrieval protocol (``embed_users``, ``representations``).

@@ -1,4 +1,7 @@
-"""Full-ranking evaluation: Recall@k, NDCG@k and the per-entity quality scores (spec §0, §1).
+"""Full-ranking evaluation: Recall@k, NDCG@k and the per-entity quality scores.
+
+The protocol of the CIESS (Qu et al., SIGIR 2023) and BET (Qu et al., WSDM 2024) papers: every
+user is ranked against all items, known positives excluded.
 
 Example:
     >>> import tfembsize as tes

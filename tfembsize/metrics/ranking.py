@@ -1,4 +1,4 @@
-"""Full-ranking evaluation: Recall@k, NDCG@k, per-user and per-item quality (spec §0, §1.4-5).
+"""Full-ranking evaluation: Recall@k, NDCG@k, per-user and per-item quality.
 
 Every user is ranked against *all* items. Items the user is already known to like are removed
 from the ranking first (train items at validation; train and validation items at test): the
@@ -65,8 +65,8 @@ class RankingResult:
         ndcg: ``{k: per-user NDCG@k}`` aligned with ``users``: binary gains, discount
             ``1 / log2(rank + 1)``, normalised by the DCG of ``min(k, |R_u|)`` hits at the top.
         user_quality: length ``num_users``: for an evaluated user, the mean of its Recall@k and
-            NDCG@k over all ``ks`` (the six numbers for the default ks; spec §0); 0 for a
-            skipped user. NaN-free.
+            NDCG@k over all ``ks`` (the six numbers for the default ks, the CIESS and BET
+            papers' quality score); 0 for a skipped user. NaN-free.
         item_quality: length ``num_items``: the mean ``user_quality`` over the evaluated users
             that have the item in their *training* interactions; 0 if there are none.
         skipped_users: users with no held-out item in this phase (not evaluated), int32.
@@ -348,7 +348,7 @@ def _csr_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tupl
 
 
 class RankingEvaluator:
-    """Full-ranking Recall@k / NDCG@k evaluation on a `Split` (spec §1.4, §1.5, §0).
+    """Full-ranking Recall@k / NDCG@k evaluation on a `Split`, as in the CIESS and BET papers.
 
     For each user with at least one held-out item at ``phase`` (validation or test items), the
     scores of all items are computed, the known items are set to -inf (train items at

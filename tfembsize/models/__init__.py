@@ -3,8 +3,8 @@
 `MF`, `NCF`, `NGCF` and `LightGCN` take their embedding layers as constructor arguments (any
 tfembsize layer or a plain ``Embedding``) and implement the retrieval protocol
 (``embed_users``, ``embed_items``, ``representations``, ``score_users``). `train_bpr` trains one
-with early stopping on validation (spec §1.3, §2); `ValidationRanking` does the same inside
-``model.fit``.
+with early stopping on validation (test is never used for a decision); `ValidationRanking`
+does the same inside ``model.fit``.
 
 Example:
     >>> import tfembsize as tes

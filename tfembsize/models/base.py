@@ -7,7 +7,7 @@ layers as constructor arguments (any tfembsize layer or a plain ``Embedding``), 
     loss = mean_b softplus(s(u_b, j_b) - s(u_b, i_b)) + L2 / batch
 
 where ``i_b`` is a training positive of user ``u_b`` and ``j_b`` a sampled negative. The L2 term
-is the backbone's (spec §2) and acts on masked embeddings, so coordinates a prefix mask zeroes
+is each backbone's own and acts on masked embeddings, so coordinates a prefix mask zeroes
 are neither penalised nor updated. Regularisation losses of the layers themselves
 (``embeddings_regularizer``) are added on top.
 

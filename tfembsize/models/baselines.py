@@ -1,4 +1,4 @@
-"""Non-learned reference scorers (spec §2: report the popularity baseline beside results)."""
+"""Non-learned reference scorers: report the popularity baseline beside every result."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ def popularity_scorer(interactions: Any) -> tuple[tf.Tensor, tf.Tensor]:
 
     Returns matrices for `RankingEvaluator.evaluate`: a ``[num_users, 1]`` column of ones and
     a ``[num_items, 1]`` column of item frequencies, so the score of (u, i) is ``f_i``. A model
-    that does not beat this on validation did not train (spec §2).
+    that does not beat this on validation did not train (a too-large learning rate, for
+    example, can leave BPR-MF at the popularity level).
 
     Args:
         interactions: the training `tfembsize.data.Interactions` (``split.train``).

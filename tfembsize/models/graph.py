@@ -3,8 +3,10 @@
 Nodes are the users ``0..U-1`` followed by the items ``U..U+I-1``; each training pair
 ``(u, i)`` gives the two edges ``u -> U+i`` and ``U+i -> u`` of the bipartite adjacency ``A``.
 
-* LightGCN (spec §2): ``D^-1/2 A D^-1/2`` without self loops, ``D`` the degrees of ``A``.
-* NGCF (spec §2): ``D^-1 (A + I)``, ``D`` the degrees of ``A + I`` (each row sums to 1).
+* LightGCN (He et al., SIGIR 2020): ``D^-1/2 A D^-1/2`` without self loops, ``D`` the
+  degrees of ``A``.
+* NGCF (Wang et al., SIGIR 2019): ``D^-1 (A + I)``, ``D`` the degrees of ``A + I`` (each
+  row sums to 1).
 
 Nodes without an edge get an all-zero row (LightGCN) or only their self loop (NGCF).
 """

@@ -16,7 +16,7 @@ __all__ = ["LightGCN"]
 
 @register_serializable
 class LightGCN(GraphModel):
-    """LightGCN trained with BPR (spec §2).
+    """LightGCN (He et al., SIGIR 2020) trained with BPR.
 
     Layer 0 is the masked tables stacked, ``E_0 = [U_masked; I_masked]``; each of the
     ``num_layers`` layers multiplies by ``Â = D^-1/2 A D^-1/2`` (the bipartite adjacency of the
@@ -29,7 +29,8 @@ class LightGCN(GraphModel):
     The adjacency is built from ``interactions`` (the training split) and is not saved with
     the config or the weights: call ``set_graph(split.train)`` after reloading.
 
-    Recommended initialiser (spec §2): ``RandomNormal(0, 0.01)``; `LightGCN.create` uses it.
+    Recommended initialiser (the LightGCN authors'): ``RandomNormal(0, 0.01)``;
+    `LightGCN.create` uses it.
 
     Args:
         user_embedding: user table (any tfembsize embedding layer or ``Embedding``).

@@ -25,17 +25,17 @@ class MF(DotProductModel):
     """Matrix factorisation trained with BPR: the score is ``<e_u, e_i>``.
 
     ``e_u`` and ``e_i`` are the rows the layers return (masked rows for searchable layers), so
-    MF is LightGCN with zero propagation layers (spec §2). The L2 term is
+    MF is LightGCN with zero propagation layers. The L2 term is
     ``l2 * (|e_u|^2 + |e_i|^2 + |e_j|^2)`` summed over the batch and divided by the batch size,
     on the masked rows: masked coordinates are neither penalised nor updated. No bias terms.
 
-    Recommended initialiser (spec §2): ``RandomNormal(0, 0.01)``; `MF.create` uses it.
+    Recommended initialiser (as LightGCN): ``RandomNormal(0, 0.01)``; `MF.create` uses it.
 
     Args:
         user_embedding: user table, any tfembsize embedding layer or ``Embedding``
             (``input_dim = num_users``).
         item_embedding: item table (same ``output_dim``).
-        l2: L2 weight (default 1e-4, spec §2).
+        l2: L2 weight (default 1e-4, LightGCN's).
         **kwargs: ``keras.Model`` arguments (``name``).
 
     Example:
@@ -73,7 +73,7 @@ class MF(DotProductModel):
         l2: float = 1e-4,
         **layer_kwargs: Any,
     ) -> MF:
-        """MF with two tables of the spec's initialiser (``RandomNormal(0, 0.01)``).
+        """MF with two tables of the recommended initialiser (``RandomNormal(0, 0.01)``).
 
         Args:
             num_users: user rows.

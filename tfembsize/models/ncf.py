@@ -26,14 +26,14 @@ from tfembsize.models.base import (
 __all__ = ["NCF", "GMF_MODES"]
 
 GMF_MODES = ("shared", "uniform")
-"""How the GMF tables are sized from the MLP tables' per-entity sizes (spec §2)."""
+"""How the GMF tables are sized from the MLP tables' per-entity sizes (see `NCF`)."""
 
 _SCORE_CHUNK_ELEMENTS = 1 << 24  # users x items x hidden floats per chunk of score_users
 
 
 @register_serializable
 class NCF(BPRModel):
-    """NeuMF (GMF + MLP) trained with BPR (spec §2).
+    """NeuMF (GMF + MLP; He et al., WWW 2017) trained with BPR, as in the CIESS and BET papers.
 
     For user ``u`` and item ``i`` with GMF rows ``g_u, g_i`` and MLP rows ``m_u, m_i`` (masked
     rows of the four tables):
@@ -45,11 +45,12 @@ class NCF(BPRModel):
     The L2 term is ``l2 * (|g_u|^2 + |m_u|^2 + |g_i|^2 + |m_i|^2 + |g_j|^2 + |m_j|^2) / batch``
     over the masked rows used. No user or item bias terms.
 
-    **Sizes of the two tables (spec §0, §2).** The MLP tables (``user_embedding_mlp``,
+    **Sizes of the two tables.** The MLP tables (``user_embedding_mlp``,
     ``item_embedding_mlp``) carry the per-entity sizes a controller chooses; the GMF tables
     (``user_embedding``, ``item_embedding``) follow them:
 
-    * ``ncf_gmf_mode="shared"`` (default): each entity has one size for both of its tables;
+    * ``ncf_gmf_mode="shared"`` (default, this library's convention; the official CIESS code
+      leaves the GMF tables unmasked): each entity has one size for both of its tables;
     * ``ncf_gmf_mode="uniform"`` (the official BET code): every GMF row has the same size,
       ``floor(sum of MLP sizes / (num_users + num_items))``, the MLP tables' mean, so both
       tables have the same overall density.
@@ -59,14 +60,16 @@ class NCF(BPRModel):
     Build plans with `size_plan` (or complete a plan of the MLP tables with `expand_plan`);
     the tie is checked before training (`check_sizes`) and asserted in every training step.
 
-    Recommended initialiser (spec §2): Xavier (``GlorotUniform``); `NCF.create` uses it.
+    Recommended initialiser (the CIESS and BET authors' code): Xavier (``GlorotUniform``);
+    `NCF.create` uses it.
 
     Args:
         user_embedding: GMF user table.
         item_embedding: GMF item table.
         user_embedding_mlp: MLP user table (same rows as ``user_embedding``).
         item_embedding_mlp: MLP item table.
-        hidden_units: width of the MLP layer (default: the MLP tables' width, 128 in the spec).
+        hidden_units: width of the MLP layer (default: the MLP tables' width, 128 in the
+            papers).
         ncf_gmf_mode: ``"shared"`` or ``"uniform"``.
         l2: L2 weight (default 1e-2).
         **kwargs: ``keras.Model`` arguments (``name``).
@@ -158,7 +161,7 @@ class NCF(BPRModel):
         l2: float = 1e-2,
         **layer_kwargs: Any,
     ) -> NCF:
-        """NCF with four Xavier-initialised tables (spec §2).
+        """NCF with four Xavier-initialised tables (see `NCF`).
 
         The tables are named ``user_embedding``, ``item_embedding`` (GMF),
         ``user_embedding_mlp`` and ``item_embedding_mlp``.

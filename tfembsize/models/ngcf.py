@@ -26,7 +26,7 @@ def _check_rate(name: str, value: Any) -> float:
 
 @register_serializable
 class NGCF(GraphModel):
-    """NGCF trained with BPR (spec §2).
+    """NGCF (Wang et al., SIGIR 2019) trained with BPR.
 
     With ``L = D^-1 (A + I)`` (row-normalised adjacency of the training pairs with self loops),
     ``E_0`` the masked tables stacked, and ``W1_k``, ``W2_k`` dense layers (with biases) of
@@ -38,9 +38,9 @@ class NGCF(GraphModel):
     then message dropout (rate ``message_dropout``) on ``E_k``. Node dropout drops each
     nonzero of ``L`` with probability ``node_dropout`` and rescales the rest by
     ``1 / (1 - node_dropout)``. **Both dropouts act only in training** (the official code also
-    drops at evaluation, which makes its scores noisy; spec §2). The final representation is
-    ``[E_0, n(E_1), ..., n(E_K)]`` with ``n`` the row-wise L2 normalisation (512 dims for three
-    layers of 128), the score a dot product, and the L2 term
+    drops at evaluation, which makes its scores noisy; this library does not). The final
+    representation is ``[E_0, n(E_1), ..., n(E_K)]`` with ``n`` the row-wise L2 normalisation (512
+    dims for three layers of 128), the score a dot product, and the L2 term
     ``l2 * (|f_u|^2 + |f_i|^2 + |f_j|^2) / batch`` on the final rows. The mask is applied to
     the raw tables before propagation. Dropout draws are stateless, seeded by ``seed`` and a
     counter that is a (non-trainable) weight of the model, so runs repeat exactly.
@@ -48,7 +48,8 @@ class NGCF(GraphModel):
     The adjacency is not saved with the config or the weights: call ``set_graph(split.train)``
     after reloading.
 
-    Recommended initialiser (spec §2): Xavier (``GlorotUniform``); `NGCF.create` uses it.
+    Recommended initialiser (the NGCF authors'): Xavier (``GlorotUniform``); `NGCF.create`
+    uses it.
 
     Args:
         user_embedding: user table (any tfembsize embedding layer or ``Embedding``).

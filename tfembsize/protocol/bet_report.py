@@ -354,7 +354,7 @@ def main(
         results_dir: where ``<name>.{json,md}`` are written (and diagnostics looked up).
         program: how the program is written in the results' ``command`` (default: as typed).
     """
-    from tfembsize.protocol.provenance import write_results
+    from tfembsize.protocol.provenance import portable_path, write_results
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="output directory of the protocol's command line")
@@ -385,7 +385,9 @@ def main(
         diagnostics = _io.read_json(diagnostics_path, what="BET diagnostics")
     elif args.diagnostics:
         parser.error(f"--diagnostics: no such file: {args.diagnostics!r}")
-    payload, markdown = build_report(results, source=str(path), note=note, diagnostics=diagnostics)
+    payload, markdown = build_report(
+        results, source=portable_path(path), note=note, diagnostics=diagnostics
+    )
     name = args.name or f"bet_{payload['dataset']}_{payload['backbone']}"
     jpath, mpath = write_results(results_dir, name, payload, markdown, program=program)
     out = sys.stdout

@@ -15,7 +15,7 @@ Usage:
         --methods full,es,mr --sparsity 0.8,0.9,0.95 --seeds 3 --out runs/ml-1m_mf
     python -m tfembsize.protocol --data-dir /path/to/lightgcn_format_dir ...
     python -m tfembsize.protocol --dataset synthetic --backbone mf --methods full,es \
-        --d-max 16 --max-steps 200 --eval-every 50        # a smoke test in seconds
+        --d-max 32 --max-steps 200 --eval-every 50        # a smoke test in seconds
     python -m tfembsize.protocol --dataset ml-1m --backbone mf --methods bet,es,mr \
         --bet-iterations 50 --bet-candidates 100 --bet-epochs 10 \
         --reuse-cells runs/ml-1m_mf --out runs/ml-1m_mf_bet
@@ -207,7 +207,7 @@ def build_config(args: argparse.Namespace, results_root: str | os.PathLike | Non
     if data_dir is not None and _is_lightgcn_dir(Path(data_dir)):
         if dataset is None or dataset.lower() in ("gowalla", "ml-1m", "ml-100k"):
             label = (dataset or Path(data_dir).resolve().name).lower()
-            dataset, data_dir = str(Path(data_dir).resolve()), None
+            dataset, data_dir = os.fspath(data_dir), None
         else:
             label = dataset.lower()
     else:
@@ -282,7 +282,7 @@ def main(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(message)s",
     )
-    from tfembsize.protocol.provenance import command, machine, now
+    from tfembsize.protocol.provenance import command, machine, now, portable_args
     from tfembsize.protocol.registry import available_methods, get_method
     from tfembsize.protocol.runner import run_protocol
 
@@ -302,7 +302,7 @@ def main(
     if argv is None:
         cmd = command(None if program_as_typed else program)
     else:
-        cmd = f"{program} " + shlex.join(argv)
+        cmd = f"{program} " + shlex.join(portable_args(argv))
     meta = {"command": cmd, "date": now(), "machine": machine()}
     reuse = [d for d in (args.reuse_cells or "").split(",") if d.strip()]
     report = run_protocol(

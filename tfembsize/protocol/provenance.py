@@ -3,6 +3,9 @@
 Every results file of the protocol's command lines and of the benchmark scripts records the
 command that produced it, a description of the machine and software stack, and the date, so
 a number can be traced and compared with numbers measured elsewhere.
+
+Paths in results are written to be read on another machine: a path inside a git work tree is
+recorded relative to the work tree's root (`portable_path`), any other path as it was given.
 """
 
 from __future__ import annotations
@@ -13,13 +16,22 @@ import platform
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tfembsize import _io
 from tfembsize.protocol._json import plain
 
-__all__ = ["machine", "command", "now", "write_results"]
+__all__ = [
+    "machine",
+    "command",
+    "now",
+    "write_results",
+    "repo_root",
+    "portable_path",
+    "portable_args",
+]
 
 
 def machine() -> dict[str, Any]:
@@ -65,18 +77,70 @@ def machine() -> dict[str, Any]:
     }
 
 
+def repo_root(path: str | os.PathLike) -> Path | None:
+    """The root of the git work tree holding ``path`` (the nearest folder with a ``.git``).
+
+    ``path`` need not exist yet. Returns None outside any work tree.
+    """
+    current = Path(os.path.abspath(os.fspath(path)))
+    for folder in (current, *current.parents):
+        if (folder / ".git").exists():
+            return folder
+    return None
+
+
+def portable_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """``path`` as results record it: relative to the repository root when inside it.
+
+    Args:
+        path: a path, absolute or relative to the current folder.
+        root: the repository root (default: `repo_root` of ``path``).
+
+    Returns:
+        The path relative to ``root`` with ``/`` separators (``"."`` for the root itself) if
+        it lies inside ``root``; otherwise ``path`` as given.
+    """
+    text = os.fspath(path)
+    absolute = os.path.abspath(text)
+    base = repo_root(absolute) if root is None else Path(os.path.abspath(os.fspath(root)))
+    if base is None:
+        return text
+    relative = os.path.relpath(absolute, base)
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        return text
+    return Path(relative).as_posix()
+
+
+def portable_args(args: Sequence[str]) -> list[str]:
+    """Command-line arguments with every absolute path made `portable_path`.
+
+    Handles ``--flag=/abs/path`` and comma-separated lists (``--reuse-cells /a,/b``). Relative
+    arguments are kept as typed: recorded commands are meant to be run from the repository
+    root.
+    """
+    out = []
+    for arg in args:
+        flag, eq, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
+        parts = [portable_path(p) if os.path.isabs(p) else p for p in value.split(",")]
+        out.append(flag + eq + ",".join(parts))
+    return out
+
+
 def command(program: str | None = None) -> str:
     """The command line that ran this process, for the results file.
+
+    Absolute paths inside the repository are written relative to its root (`portable_args`).
 
     Args:
         program: how to write the program (e.g. ``"python -m tfembsize.protocol"``); default
             ``python`` and ``sys.argv[0]`` as typed.
     """
     env = " ".join(f"{k}={os.environ[k]}" for k in ("TF_USE_LEGACY_KERAS",) if os.environ.get(k))
+    argv = portable_args(sys.argv)
     if program is None:
-        cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+        cmd = "python " + " ".join(shlex.quote(a) for a in argv)
     else:
-        cmd = " ".join([program, *(shlex.quote(a) for a in sys.argv[1:])])
+        cmd = " ".join([program, *(shlex.quote(a) for a in argv[1:])])
     return f"{env} {cmd}".strip()
 
 

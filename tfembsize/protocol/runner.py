@@ -25,6 +25,7 @@ from tfembsize.protocol.cells import CellResult, cell_key, load_cells, run_cell,
 from tfembsize.protocol.config import ProtocolConfig
 from tfembsize.protocol.context import MethodContext
 from tfembsize.protocol.paper import paper_cell
+from tfembsize.protocol.provenance import portable_path
 from tfembsize.protocol.registry import get_method
 from tfembsize.protocol.report import (
     POPULARITY_MARGIN,
@@ -66,7 +67,8 @@ def run_protocol(
         verbose: 0 silent, 1 one log line per cell.
         reuse_cells_from: output directories of other protocol runs; before a cell runs, a
             finished cell of the same key there is copied instead (its ``info`` gets
-            ``reused_from``) if that run used the same data, split, backbone, ``d_max`` and
+            ``reused_from``: the folder relative to the repository root when inside it, else
+            as given) if that run used the same data, split, backbone, ``d_max`` and
             recipe, and the same `ProtocolConfig.method_options` for the cell's method.
             Checked before every cell, so cells another run finishes meanwhile are picked up.
 
@@ -123,7 +125,7 @@ def run_protocol(
     todo = [c for c in config.cells() if cell_key(*c) not in finished]
     report = _write_report(config, finished, popularity, dataset_info, recipe, todo, out, meta)
     signature = _run_signature(config, dataset_info, recipe)
-    sources = [os.path.abspath(os.fspath(d)) for d in reuse_cells_from]
+    sources = [os.fspath(d) for d in reuse_cells_from]
 
     def reuse(cell: tuple[str, float | None, int]) -> bool:
         """Copies a finished cell of another run; True if it did."""
@@ -247,7 +249,7 @@ def _reusable_cell(key: str, sources: Sequence[str], signature: Mapping[str, Any
             logger.warning("Not reusing %s from %s: it differs in %s.", key, src, diff)
             continue
         cell = CellResult.from_dict(_io.read_json(cell_path, what="protocol cell"))
-        return dataclasses.replace(cell, info={**cell.info, "reused_from": src})
+        return dataclasses.replace(cell, info={**cell.info, "reused_from": portable_path(src)})
     return None
 
 
@@ -288,7 +290,9 @@ def _write_report(
     payload = {
         **(meta or {}),
         "config": {
-            "dataset": config.dataset,
+            "dataset": portable_path(config.dataset)
+            if os.path.isdir(config.dataset)
+            else config.dataset,
             "name": config.name,
             "backbone": config.backbone,
             "methods": list(config.methods),

@@ -41,8 +41,8 @@ def _decode_float_or(x: Any, default: float) -> float:
 class Feedback:
     """What one environment step returned.
 
-    Quality follows the spec's convention: ``Q_u`` is the mean of Recall@k and NDCG@k for
-    k in {5, 10, 20} on the split being scored (validation during search); ``Q_v`` is the
+    Quality follows the CIESS and BET papers' convention: ``Q_u`` is the mean of Recall@k and
+    NDCG@k for k in {5, 10, 20} on the split being scored (validation during search); ``Q_v`` is the
     mean of ``Q_u`` over the users who have item v in training; the aggregate ``quality`` is
     the mean of ``Q_u`` over evaluated users. Ratios compare with the full-size reference
     model: ``quality_ratio = quality / Q_full`` and, per entity,

@@ -75,7 +75,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _STATE_FORMAT = "tfembsize.KerasEnvironment"
-_PEAK_FLOOR = 1e-5  # spec §3.1: Q_peak = max(Q_n, 1e-5)
+# CIESS (Qu et al., SIGIR 2023) divides by Q_peak = max(Q_n, 1e-5), the full-size model's
+# quality floored so that an entity the reference scores 0 does not divide by zero.
+_PEAK_FLOOR = 1e-5
 
 
 @runtime_checkable
@@ -182,7 +184,8 @@ def feedback_from_ranking(
     """Builds a `Feedback` from a `tfembsize.metrics.RankingResult`.
 
     With a ``reference``, adds ``quality_ratio = quality / reference.quality`` and the
-    per-entity ratios ``q_n = min(Q_n / max(Q_n_ref, 1e-5), 1)`` (spec §3.1-3.2).
+    per-entity ratios ``q_n = min(Q_n / max(Q_n_ref, 1e-5), 1)``, the
+    quality-ratio feature and reward of CIESS (Qu et al., SIGIR 2023).
     """
     ks = tuple(sorted(getattr(result, "ks", None) or getattr(result, "recall", {}).keys()))
     quality = float(result.quality)

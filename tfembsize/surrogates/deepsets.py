@@ -1,4 +1,4 @@
-"""DeepSets fitness predictor for whole-table size allocations (BET, spec §4.3).
+"""DeepSets fitness predictor for whole-table size allocations (BET; Qu et al., WSDM 2024).
 
 The surrogate scores an *action*: an integer size for every element of one or more typed
 sets (users and items). It knows nothing of embeddings: it takes one array of element
@@ -113,7 +113,7 @@ def _embed(
     slope: float,
     sorted_: bool,
 ) -> tf.Tensor:
-    """Action embeddings h ``[B, units]`` (spec §4.3)."""
+    """Action embeddings h ``[B, units]`` (see `DeepSetsSurrogate`)."""
     if sorted_:
         b = tf.shape(action)[0]
         sums, counts = _sorted_set_sums(params, inputs, action, d_max, slope)
@@ -189,11 +189,11 @@ class DeepSetsSurrogate(tf.Module):
     s_d = mu([z_d ; d / d_max]); the action embedding is the mean of s_d over all d_max sizes
     (empty sizes included); the decoder predicts r_hat = pi(h).
 
-    Networks (spec §4.3): rho_t 1 -> 16 -> 16, mu 17 -> 64 -> 64 and pi 64 -> 64 -> 1, each
+    Networks (as BET): rho_t 1 -> 16 -> 16, mu 17 -> 64 -> 64 and pi 64 -> 64 -> 1, each
     a two-layer MLP with LeakyReLU (slope 0.01), pi with a linear output. Kernels start
     Glorot-uniform, biases zero, from ``seed``.
 
-    Online training [code]: each call of `update` makes ``num_updates`` (N = 2) Adam steps,
+    Online training (BET's code): each call of `update` makes ``num_updates`` (N = 2) Adam steps,
     each on one (action, fitness) pair drawn uniformly from the archive, minimising the
     squared error. The learning rate of update k (0-based, over the surrogate's life) is
     max(learning_rate * decay**k, min_learning_rate): 0.01, 0.009, ... floored at 0.002.

@@ -41,7 +41,7 @@ __all__ = [
 class StaircaseDecay(keras.optimizers.schedules.LearningRateSchedule):
     """``max(initial_learning_rate * decay_rate^(step // decay_steps), min_learning_rate)``.
 
-    The step-wise decay of the papers' Adam recipes (spec §2): multiply by ``decay_rate``
+    The step-wise decay of the CIESS and BET authors' Adam recipes: multiply by ``decay_rate``
     every ``decay_steps`` steps, never below the floor. Works as the ``learning_rate`` of a
     Keras 3 or tf-keras optimiser.
 
@@ -149,7 +149,7 @@ def monitor_value(result: Any, monitor: str) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(DictConfig):
-    """A BPR training recipe (spec §1.3, §2). Defaults: the measured-good MF recipe.
+    """A BPR training recipe with validation early stopping. Defaults: the measured-good MF recipe.
 
     Attributes:
         learning_rate: Adam's initial rate.
@@ -164,7 +164,8 @@ class TrainConfig(DictConfig):
         monitor: validation number to maximise: ``"quality"``, ``"recall@K"``, ``"ndcg@K"``.
         restore_best: restore the weights of the best chunk at the end.
         refit: parity mode: after early stopping, retrain from the initial weights on train ∪
-            validation for ``S*`` steps (spec §1.3 step 2).
+            validation for ``S*`` steps, the best step count found on validation (test is
+            still never used for a decision).
         evaluate_test: evaluate on test once at the end (never used for any decision).
         seed: seed of the BPR sampler.
         verbose: 0 silent (logging only), 1 a Keras progress bar.
@@ -240,16 +241,16 @@ class TrainConfig(DictConfig):
 
 
 PRESETS: dict[str, TrainConfig] = {
-    # Backbone defaults [ours]: constant Adam 1e-3, batch 2048. MF: measured on ML-1M
-    # validation (benchmarks/results/lr_grid.md: 1e-3 beats 3e-3, 1e-2, 3e-2 and the papers'
+    # Backbone defaults (this library's choice): constant Adam 1e-3, batch 2048. MF: measured on
+    # ML-1M validation (benchmarks/results/lr_grid.md: 1e-3 beats 3e-3, 1e-2, 3e-2 and the papers'
     # 0.03 recipe). LightGCN: the LightGCN authors' recipe (1e-3, batch 2048). NGCF and NCF:
     # not measured here; 1e-3 is the NCF authors' rate (NGCF's authors use 1e-4, batch 1024).
-    # Tune per data set on validation (spec §2) with benchmarks/lr_grid.py.
+    # Tune per data set on validation, never on test, with benchmarks/lr_grid.py.
     "mf": TrainConfig(learning_rate=1e-3, batch_size=2048),
     "lightgcn": TrainConfig(learning_rate=1e-3, batch_size=2048),
     "ngcf": TrainConfig(learning_rate=1e-3, batch_size=2048),
     "ncf": TrainConfig(learning_rate=1e-3, batch_size=2048),
-    # The papers' recipes [code] (spec §2 table); batch 10 000, lr 0.03 decayed.
+    # The recipes of the CIESS and BET authors' released code: batch 10 000, lr 0.03 decayed.
     "ciess-lightgcn": TrainConfig(
         learning_rate=0.03,
         batch_size=10_000,
@@ -297,7 +298,8 @@ PRESETS: dict[str, TrainConfig] = {
 """Named recipes. Backbone names (``"mf"``, ``"ncf"``, ``"ngcf"``, ``"lightgcn"``) are the
 defaults `train_bpr` uses; the ``ciess-*`` presets are one CIESS search iteration (fixed step
 count, one evaluation at the end), ``bet-finetune`` BET's fine-tuning, ``paper-retrain`` the
-papers' pretraining/final retraining (lr 0.03 does not train MF on ML-1M; see the spec)."""
+papers' pretraining/final retraining (lr 0.03 does not train MF on ML-1M: it stays near the
+popularity baseline, benchmarks/results/lr_grid.md)."""
 
 
 def default_config(model_or_backbone: Any) -> TrainConfig:

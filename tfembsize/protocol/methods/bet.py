@@ -19,7 +19,7 @@ For every cell (``bet``, c, seed):
    and handed to the runner, which evaluates test once. Each retraining is written to the
    cell's directory as it finishes, so a killed cell resumes without retraining again.
 
-**Fine-tuning recipe (adapted) [ours].** BET fine-tunes at lr 0.03, x0.98 every 200 steps,
+**Fine-tuning recipe (our adaptation).** BET fine-tunes at lr 0.03, x0.98 every 200 steps,
 floor 1e-3, batch 10 000, for h epochs of ceil(|train| / 10 000) steps; its fine-tuning and
 its retraining both start at the same rate (0.03). We measured that lr 0.03 does not train a
 TensorFlow BPR-MF at all, and every method of the protocol gets one tuned rate per backbone
@@ -121,7 +121,7 @@ class BETSettings:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], backbone: str = "") -> BETSettings:
-        """Settings from a method's options; h defaults to 15 for NGCF [paper], else 10.
+        """Settings from a method's options; h defaults to 15 for NGCF (as the BET paper), else 10.
 
         Raises:
             ValueError: an unknown option name or a bad value.
