@@ -50,7 +50,7 @@ def _sparsities(sparsity: Any) -> tuple[float, ...]:
     return tuple(sorted(out))
 
 
-def _pep_layers(model_or_layers: Any) -> dict:
+def _pep_layers(model_or_layers: Any) -> dict[str, PEPEmbedding]:
     if isinstance(model_or_layers, PEPEmbedding):
         layers = {model_or_layers.name: model_or_layers}
     elif isinstance(model_or_layers, Mapping):
@@ -157,7 +157,7 @@ class PEPConfig:
                 f"`rewind` must be 'initial' or 'fresh'. Received: rewind={self.rewind!r}"
             )
 
-    def layer_kwargs(self) -> dict:
+    def layer_kwargs(self) -> dict[str, Any]:
         """`PEPEmbedding` arguments."""
         return {
             "granularity": self.granularity,
@@ -179,7 +179,7 @@ class PEPConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return dataclasses.asdict(self)
 
