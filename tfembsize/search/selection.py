@@ -163,7 +163,7 @@ class Shortlist:
         }
 
 
-def search_order(scores: Sequence[float]) -> list[int]:
+def search_order(scores: Sequence[float] | np.ndarray) -> list[int]:
     """Indices by search score, best first; ties go to the earlier index.
 
     Example:
@@ -175,7 +175,7 @@ def search_order(scores: Sequence[float]) -> list[int]:
 
 
 def rank_distinct(
-    scores: Sequence[float],
+    scores: Sequence[float] | np.ndarray,
     keys: Sequence[Any],
     same: Callable[[Any, Any], bool] = np.array_equal,
 ) -> list[int]:
