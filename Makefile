@@ -27,6 +27,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VPY) -m ruff check tfembsize tests benchmarks examples
 	$(VPY) -m ruff format --check tfembsize tests benchmarks examples
+	$(VPY) -m mypy
 
 format: $(STAMP)
 	$(VPY) -m ruff format tfembsize tests benchmarks examples

@@ -193,7 +193,7 @@ class SizePlan(Mapping):
             )
         flat = np.concatenate([self._tables[n] for n in names]).astype(np.int64)
         flat = np.clip(flat, min_size, d_max).astype(np.int64)
-        if priority is None:
+        if prio is None:  # no `priority`
             excess = int(flat.sum()) - limit
             if excess > 0:
                 flat = water_fill_down(flat, excess, min_size)

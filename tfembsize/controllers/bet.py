@@ -110,11 +110,11 @@ class _Search:
         self.retrain_fitness: list[float | None] = []
         self.retrain_values: list[float | None] = []
         d = d_max or 1
-        self.counts = np.zeros((0, 2, d), np.int64)
-        self.fitness = np.zeros(0, np.float64)
-        self.predicted = np.zeros(0, np.float64)
-        self.iterations = np.zeros(0, np.int64)
-        self.strategies = np.zeros(0, np.int8)
+        self.counts: np.ndarray = np.zeros((0, 2, d), np.int64)
+        self.fitness: np.ndarray = np.zeros(0, np.float64)
+        self.predicted: np.ndarray = np.zeros(0, np.float64)
+        self.iterations: np.ndarray = np.zeros(0, np.int64)
+        self.strategies: np.ndarray = np.zeros(0, np.int8)
 
     def append(
         self, counts: np.ndarray, fitness: float, predicted: float, iteration: int, strategy: int
@@ -335,7 +335,9 @@ class BETController(Controller):
 
     # Problem-dependent parts -------------------------------------------------------------
     def _on_problem(self) -> None:
-        p = self.problem
+        p = self._known_problem()
+        if p.user_frequencies is None or p.item_frequencies is None:
+            raise RuntimeError("BETController needs the problem's entity frequencies.")
         freqs = (p.user_frequencies, p.item_frequencies)
         self._samplers = [
             BudgetedActionSampler(
@@ -389,6 +391,12 @@ class BETController(Controller):
             raise RuntimeError("The sampler is built at the first ask (or by restore).")
         return self._samplers[i]
 
+    def _parts(self, i: int) -> tuple[BudgetedActionSampler, DeepSetsSurrogate]:
+        """The sampler and surrogate of search ``i`` (built at the first ask or by restore)."""
+        if self._samplers is None or self._surrogates is None:
+            raise RuntimeError("The sampler is built at the first ask (or by restore).")
+        return self._samplers[i], self._surrogates[i]
+
     def _index(self, sparsity: float | None) -> int:
         if sparsity is None:
             if len(self.sparsities) != 1:
@@ -427,6 +435,8 @@ class BETController(Controller):
     # Ask / tell --------------------------------------------------------------------------
     def _ask(self, observation: Any) -> Decision:
         i = self._active()
+        if i is None:
+            raise RuntimeError("BETController is done; there is nothing more to ask.")
         search = self._searches[i]
         if len(search.fitness) != search.t - search.failed:
             raise RuntimeError(
@@ -435,8 +445,8 @@ class BETController(Controller):
                 "restore(directory), not set_state alone."
             )
         c = search.sparsity
-        budget = self.problem.budget(c)
-        sampler = self._samplers[i]
+        budget = self._known_problem().budget(c)
+        sampler, _ = self._parts(i)
         if search.t < self.search_iterations:
             return self._ask_search(i, search, sampler, budget)
         short = self._shortlist(i, self.top_k)
@@ -468,7 +478,7 @@ class BETController(Controller):
     ) -> Decision:
         t = search.t
         batch = sampler.sample(self.num_candidates, search.rng)
-        surrogate = self._surrogates[i]
+        _, surrogate = self._parts(i)
         # Sizes are rank-assigned, so histograms are the surrogate's fast input.
         h, predicted = surrogate.embed_and_predict(SortedSizes(batch.counts))
         strategy = self.strategy_cycle[t % len(self.strategy_cycle)]
@@ -497,7 +507,7 @@ class BETController(Controller):
             else {"train_epochs": self.finetune_epochs}
         )
         return Decision(
-            plan=self.problem.plan(users, items),
+            plan=self._known_problem().plan(users, items),
             mode="snapshot",
             budget=budget,
             phase="search",
@@ -539,7 +549,7 @@ class BETController(Controller):
             value = selection_value(feedback, self.monitor) if feedback.ok else None
             search.retrain_fitness.append(fitness)
             search.retrain_values.append(value)
-            if fitness is not None:
+            if fitness is not None and value is not None:  # fitness is None iff the step failed
                 self._metrics = {f"{c:g}/retrain_fitness": fitness, f"{c:g}/retrain_value": value}
             return
         t = search.t
@@ -558,15 +568,15 @@ class BETController(Controller):
                     sorted(feedback.metrics),
                 )
         search.append(chosen["counts"], fitness, chosen["predicted"], t, chosen["strategy"])
-        sampler = self._samplers[i]
-        info = self._surrogates[i].update(
+        sampler, surrogate = self._parts(i)
+        info = surrogate.update(
             [SortedSizes(c) for c in search.counts],
             search.fitness,
             rng=search.rng,
             num_updates=self.surrogate_updates,
         )
         params = int(chosen["counts"].sum(axis=0) @ np.arange(1, sampler.d_max + 1))
-        params *= self.problem.tables_per_side
+        params *= self._known_problem().tables_per_side
         self._metrics = {
             f"{c:g}/fitness": fitness,
             f"{c:g}/predicted_fitness": chosen["predicted"],
@@ -641,7 +651,7 @@ class BETController(Controller):
             users, items = sampler.entity_sizes(search.counts[a])
             out.append(
                 Candidate(
-                    plan=self.problem.plan(users, items),
+                    plan=self._known_problem().plan(users, items),
                     score=float(search.fitness[a]),
                     info={
                         "archive_index": a,
@@ -655,7 +665,7 @@ class BETController(Controller):
 
     def _shortlist(self, i: int, k: int) -> Shortlist:
         c = self._searches[i].sparsity
-        return shortlist(self.candidates(c), k, self.problem.budget(c))
+        return shortlist(self.candidates(c), k, self._known_problem().budget(c))
 
     def _best_plan(self, sparsity: float) -> SizePlan | None:
         if self._samplers is None:

@@ -447,15 +447,15 @@ class _Rebuilder:
                 return type(value)(*items)
             return tuple(items) if isinstance(value, tuple) else list(items)
         if isinstance(value, Mapping):
-            items = {k: self._replace(v, replaced) for k, v in value.items()}
-            if all(items[k] is value[k] for k in value):
+            mapped = {k: self._replace(v, replaced) for k, v in value.items()}
+            if all(mapped[k] is value[k] for k in value):
                 return value
-            return dict(items)
+            return dict(mapped)
         return value
 
     @staticmethod
     def _set_attr(obj: Any, name: str, value: Any) -> None:
-        tracker = getattr(obj, "_tracker", None)
+        tracker: Any = getattr(obj, "_tracker", None)  # Keras' private attribute tracker
         locked = bool(getattr(tracker, "locked", False))
         if locked:
             tracker.unlock()

@@ -382,7 +382,7 @@ def check_gpu_ready(
         missing, host, ops = ops_without_gpu_kernel(root, name)
         jit_ok: bool | None = None
         err, diff = "", 0.0
-        if jit:
+        if loaded is not None:  # jit
             fn = loaded.signatures[name]
             example = (
                 dict(inputs[name])

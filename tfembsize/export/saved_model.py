@@ -370,8 +370,8 @@ def _item_scorer(model: Any) -> tuple[Callable[[tf.Tensor, tf.Tensor], tuple], s
             rows = np.asarray(layer(ids))
         except Exception:  # noqa: BLE001 - not a lookup table after all
             continue
-        if rows.shape != items.shape or not np.array_equal(rows, items):
-            continue
+        if items is None or rows.shape != items.shape or not np.array_equal(rows, items):
+            continue  # (items is set whenever there are candidates)
         if isinstance(layer, CompressedEmbedding):
             if layer.scoring:
                 return (lambda q, k, layer=layer: layer.top_k(q, k)), "compressed"

@@ -89,6 +89,7 @@ class BudgetedEmbedding(MaskedEmbedding):
                 f"`allocation` must be one of {ALLOCATIONS}. Received: allocation={allocation!r}"
             )
         self.allocation = allocation
+        self.frequencies: np.ndarray | None = None
         if frequencies is not None:
             freq = np.asarray(frequencies, dtype=np.float64)
             if freq.shape != (self.input_dim,):
@@ -103,8 +104,6 @@ class BudgetedEmbedding(MaskedEmbedding):
                     f"frequencies[{int(bad[0])}]={float(freq[bad[0]])!r}."
                 )
             self.frequencies = freq
-        else:
-            self.frequencies = None
         if allocation == "frequency" and self.frequencies is None:
             raise ValueError('`allocation="frequency"` needs `frequencies`. Received None.')
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
@@ -129,13 +128,15 @@ class BudgetedEmbedding(MaskedEmbedding):
             sizes = np.full(n, min(d_max, limit // n), dtype=np.int64)
         elif self.allocation == "random":
             rng = np.random.default_rng(self.seed)
-            shares = rng.random(n) + 1e-12
-            sizes = np.floor(shares / shares.sum() * limit).astype(np.int64)
+            shares = np.asarray(rng.random(n), dtype=np.float64) + 1e-12
+            sizes = np.floor(shares / float(shares.sum()) * limit).astype(np.int64)
             sizes = np.clip(sizes, lo, d_max)
             sizes = water_fill_down(sizes, int(sizes.sum()) - limit, lo)
             sizes = _spread_randomly(sizes, limit - int(sizes.sum()), d_max, rng)
         else:
             freq = self.frequencies
+            if freq is None:  # checked in __init__
+                raise ValueError('`allocation="frequency"` needs `frequencies`. Received None.')
             total = freq.sum()
             share = freq / total if total > 0 else np.full(n, 1.0 / n)
             sizes = np.clip(np.floor(share * limit).astype(np.int64), lo, d_max)

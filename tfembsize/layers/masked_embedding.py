@@ -139,7 +139,7 @@ class MaskedEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
             initializer=self._sizes_initializer,
             trainable=False,
         )
-        self.built = True
+        self.built: bool = True
 
     def initial_sizes(self) -> np.ndarray:
         """The size vector the layer starts with (all ``output_dim`` here)."""

@@ -246,7 +246,7 @@ class PEPEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
         # that PEPAdam and coupled_l2_gradients recognise it and can skip it once frozen.
         for var in {id(v): v for v in (self.threshold, tf_variable(self.threshold))}.values():
             setattr(var, FROZEN_ATTR, self._frozen)
-        self.built = True
+        self.built: bool = True
 
     def _ensure_built(self) -> None:
         if not self.built:

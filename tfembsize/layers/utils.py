@@ -142,6 +142,11 @@ class EmbeddingOutputsMixin:
     * Under Keras 3 a ragged symbolic input gives a ragged symbolic output.
     """
 
+    # Provided by the layer the mixin is combined with.
+    mask_zero: bool
+    output_dim: int
+    compute_dtype: Any
+
     def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
         """Padding mask (``ids != 0``) when ``mask_zero`` is set, as in ``Embedding``."""
         if not self.mask_zero:

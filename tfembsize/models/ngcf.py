@@ -175,7 +175,7 @@ class NGCF(GraphModel):
         adj = self.adjacency
         dropping = training and (self.message_dropout > 0 or self.node_dropout > 0)
         seeds = self._seeds() if dropping else None
-        if training and self.node_dropout > 0:
+        if seeds is not None and self.node_dropout > 0:  # training with node dropout
             keep = 1.0 - self.node_dropout
             u = tf.random.stateless_uniform(tf.shape(adj.values), seed=seeds[0])
             adj = tf.sparse.retain(adj, u < keep)
@@ -187,7 +187,7 @@ class NGCF(GraphModel):
             side = matmul(e)
             h = self.sum_layers[k](side) + self.bi_layers[k](e * side)
             h = tf.nn.leaky_relu(h, alpha=0.2)
-            if training and self.message_dropout > 0:
+            if seeds is not None and self.message_dropout > 0:  # training with message dropout
                 h = tf.nn.experimental.stateless_dropout(
                     h, rate=self.message_dropout, seed=seeds[k + 1]
                 )

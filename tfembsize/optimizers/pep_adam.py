@@ -142,7 +142,7 @@ def _clip_by_global_norm(grads: list, clip_norm: float) -> list:
     norm = tf.sqrt(tf.add_n([_squared_norm(g) for g in grads if g is not None]))
     scale = clip_norm * tf.minimum(1.0 / norm, 1.0 / clip_norm)
     scale = scale + (norm - norm)  # NaN for a non-finite norm, as in Keras
-    out = []
+    out: list[Any] = []
     for g in grads:
         if g is None:
             out.append(g)

@@ -22,7 +22,7 @@ __all__ = [
     "recipe_dict",
 ]
 
-Builder = Callable[[Any, int, int], Any]
+Builder = Callable[[Any, int, int | None], Any]
 _BACKBONES: dict[str, Builder] = {}
 
 
@@ -61,27 +61,27 @@ def _seed(seed: int | None) -> int:
     return int(seed)
 
 
-def _mf(split: Any, d_max: int, seed: int) -> Any:
+def _mf(split: Any, d_max: int, seed: int | None) -> Any:
     from tfembsize.models import MF
 
     _seed(seed)
     return MF.create(split.num_users, split.num_items, d_max)
 
 
-def _ncf(split: Any, d_max: int, seed: int) -> Any:
+def _ncf(split: Any, d_max: int, seed: int | None) -> Any:
     from tfembsize.models import NCF
 
     _seed(seed)
     return NCF.create(split.num_users, split.num_items, d_max)
 
 
-def _ngcf(split: Any, d_max: int, seed: int) -> Any:
+def _ngcf(split: Any, d_max: int, seed: int | None) -> Any:
     from tfembsize.models import NGCF
 
     return NGCF.create(split.train, d_max, seed=_seed(seed))
 
 
-def _lightgcn(split: Any, d_max: int, seed: int) -> Any:
+def _lightgcn(split: Any, d_max: int, seed: int | None) -> Any:
     from tfembsize.models import LightGCN
 
     _seed(seed)

@@ -175,7 +175,7 @@ def save_cell(directory: str, cell: CellResult) -> str:
 
 def load_cells(directory: str) -> dict[str, CellResult]:
     """The cells written into ``directory`` by `save_cell`, by key."""
-    cells = {}
+    cells: dict[str, CellResult] = {}
     if not os.path.isdir(directory):
         return cells
     for name in sorted(os.listdir(directory)):

@@ -75,7 +75,7 @@ class ProtocolConfig:
 
     def cells(self) -> list[tuple[str, float | None, int]]:
         """Every (method, sparsity, seed) cell, seed-major, in table order."""
-        out = []
+        out: list[tuple[str, float | None, int]] = []
         for seed in self.seeds:
             for name in self.methods:
                 method = get_method(name)

@@ -122,7 +122,7 @@ class MethodContext:
     d_max: int
     directory: str
     train_config: Any
-    backbone_builder: Callable[[int], Any]
+    backbone_builder: Callable[[int | None], Any]
     train_fn: Callable[..., Any]
     verbose: int = 0
     method: str = ""

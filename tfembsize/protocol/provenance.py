@@ -171,7 +171,7 @@ def write_results(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    meta = {"command": command(program), "date": now(), "machine": machine()}
+    meta: dict[str, Any] = {"command": command(program), "date": now(), "machine": machine()}
     full = {**meta, **payload}
     jpath = directory / f"{name}.json"
     _io.write_json(jpath, plain(full), indent=2)

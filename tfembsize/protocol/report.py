@@ -308,7 +308,7 @@ def _ratio_lines(report: ProtocolReport) -> list[str]:
             c = float(c_key)
             ours, es = (paper_cell(cfg.name, cfg.backbone, m, c) for m in (method, "es"))
             paper = "—"
-            if ours.available and es.available:
+            if ours.recall20 is not None and es.recall20 is not None:  # both `available`
                 paper = f"{ours.recall20 / es.recall20:.3f} ({ours.backbone})"
             lines.append(
                 f"| {method} | {c:.0%} | {r['recall@20']:.3f} | {r['ndcg@20']:.3f} | {paper} |"

@@ -47,7 +47,7 @@ def run_protocol(
     config: ProtocolConfig,
     *,
     split: Any = None,
-    backbone_builder: Callable[[Any, int, int], Any] | None = None,
+    backbone_builder: Callable[[Any, int, int | None], Any] | None = None,
     train_fn: Callable[..., Any] | None = None,
     meta: Mapping[str, Any] | None = None,
     max_cells: int | None = None,

@@ -63,7 +63,7 @@ def setting(
     for flag in aliases:
         if not (isinstance(flag, str) and flag.startswith("--") and len(flag) > 2):
             raise ValueError(f"`aliases` must be flags such as '--name'. Received: {flag!r}")
-    metadata = {"help": str(help), "aliases": tuple(aliases)}
+    metadata: dict[str, Any] = {"help": str(help), "aliases": tuple(aliases)}
     if parse is not None:
         metadata["parse"] = parse
     return dataclasses.field(default=default, metadata=metadata)
@@ -77,7 +77,8 @@ def check_settings_class(settings: Any) -> None:
     """
     if not (isinstance(settings, type) and dataclasses.is_dataclass(settings)):
         raise TypeError(f"`settings` must be a dataclass class. Received: settings={settings!r}")
-    if not settings.__dataclass_params__.frozen:
+    # __dataclass_params__ (set by @dataclass) is not in typeshed.
+    if not settings.__dataclass_params__.frozen:  # type: ignore[attr-defined]
         raise TypeError(
             f"`settings` must be a frozen dataclass (@dataclass(frozen=True)). Received: "
             f"{settings.__name__}"
@@ -160,7 +161,9 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"expected one of {_TRUE + _FALSE}, got {text!r}")
 
 
-def _parser_for(settings: type, f: dataclasses.Field, hint: Any) -> tuple[Callable, str]:
+def _parser_for(
+    settings: type, f: dataclasses.Field[Any], hint: Any
+) -> tuple[Callable[[str], Any], str]:
     if "parse" in f.metadata:
         return f.metadata["parse"], f.name.upper()
     origin = typing.get_origin(hint)
@@ -193,10 +196,14 @@ def setting_options(group: str, settings: type) -> list[SettingOption]:
     """
     check_settings_class(settings)
     hints = typing.get_type_hints(settings)
-    out = []
+    out: list[SettingOption] = []
     for f in dataclasses.fields(settings):
         parse, metavar = _parser_for(settings, f, hints.get(f.name, str))
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            assert f.default_factory is not dataclasses.MISSING  # check_settings_class
+            default = f.default_factory()
         flag = f"--{group}-{f.name.replace('_', '-')}"
         flags = (flag, *[a for a in f.metadata.get("aliases", ()) if a != flag])
         out.append(

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from tfembsize.records import Feedback, Observation, StepRecord
 
@@ -27,7 +27,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _finite_number(x: Any) -> bool:
+def _finite_number(x: Any) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
 
 
@@ -114,7 +114,7 @@ class ProgbarCallback(SearchCallback):
 
     def __init__(self, verbose: int = 1) -> None:
         self.verbose = int(verbose)
-        self._bar = None
+        self._bar: Any = None  # a keras.utils.Progbar once the search begins
 
     def on_search_begin(
         self, *, completed: int, target: int | None, observation: Observation | None = None

@@ -303,7 +303,7 @@ class KerasEnvironment:
         tables: Mapping[str, str] | None = None,
         train_fn: Callable[..., Any] | None = None,
         seed: int = 0,
-        reference_directory: str | os.PathLike | None = None,
+        reference_directory: str | os.PathLike[str] | None = None,
     ) -> None:
         if callable(model) and not hasattr(model, "weights"):
             self._builder: Callable[[], Any] | None = model
@@ -354,7 +354,7 @@ class KerasEnvironment:
         )
         self._reference_weights: list[np.ndarray] | None = None
         self._tables_arg = dict(tables) if tables is not None else None
-        if self._model is None:
+        if self._model is None and self._builder is not None:  # built from a builder
             self._seed_everything(self.seed)
             self._model = self._builder()
         self._prepare_model(self._model)
@@ -420,6 +420,7 @@ class KerasEnvironment:
                 )
             self._model = model
         else:
+            assert self._initial is not None  # kept in __init__ for a model instance
             assign_weights(self._model, self._initial)
 
     # Protocol -----------------------------------------------------------------------------
@@ -621,6 +622,8 @@ class KerasEnvironment:
         os.makedirs(directory, exist_ok=True)
         if os.path.exists(os.path.join(directory, "reference.npz")):
             return  # written once; the reference never changes
+        if self._reference_weights is None or self._reference is None:
+            raise RuntimeError("KerasEnvironment: there is no pretrained reference to store.")
         save_weights(os.path.join(directory, "reference_weights.npz"), self._reference_weights)
         self._reference.save(os.path.join(directory, "reference.npz"))
 
@@ -643,7 +646,7 @@ class KerasEnvironment:
         os.makedirs(directory, exist_ok=True)
         save_weights(os.path.join(directory, "weights.npz"), get_weights(self._model))
         own_snapshot = self._snapshot is not None and self._snapshot is not self._reference_weights
-        if own_snapshot:
+        if own_snapshot and self._snapshot is not None:
             save_weights(os.path.join(directory, "snapshot.npz"), self._snapshot)
         _io.write_json(
             os.path.join(directory, "state.json"),

@@ -134,7 +134,7 @@ class Shortlist:
 
     budget: Budget
     entries: tuple[ShortlistEntry, ...]
-    rejected: tuple[dict, ...] = ()
+    rejected: tuple[dict[str, Any], ...] = ()
     duplicates: int = 0
 
     def __len__(self) -> int:
@@ -150,7 +150,7 @@ class Shortlist:
         """The plans to retrain, best search rank first."""
         return [e.plan for e in self.entries]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON summary (indices, scores, repairs, rejections; not the plans)."""
         return {
             "budget": self.budget.to_dict(),
@@ -163,7 +163,7 @@ class Shortlist:
         }
 
 
-def search_order(scores: Sequence[float]) -> list[int]:
+def search_order(scores: Sequence[float] | np.ndarray) -> list[int]:
     """Indices by search score, best first; ties go to the earlier index.
 
     Example:
@@ -175,7 +175,7 @@ def search_order(scores: Sequence[float]) -> list[int]:
 
 
 def rank_distinct(
-    scores: Sequence[float],
+    scores: Sequence[float] | np.ndarray,
     keys: Sequence[Any],
     same: Callable[[Any, Any], bool] = np.array_equal,
 ) -> list[int]:
@@ -239,7 +239,7 @@ def shortlist(
         if not isinstance(c, Candidate):
             raise TypeError(f"`candidates[{i}]` must be a Candidate. Received: {type(c).__name__}")
     entries: list[ShortlistEntry] = []
-    rejected: list[dict] = []
+    rejected: list[dict[str, Any]] = []
     duplicates = 0
     for i in search_order([c.score for c in candidates]):
         if len(entries) == int(k):
@@ -261,8 +261,8 @@ def shortlist(
             duplicates += 1
             continue
         entries.append(ShortlistEntry(candidate, i, plan, repaired))
-    for e in entries:
-        e.plan.check(budget)  # the guarantee, asserted on what will be retrained
+    for entry in entries:
+        entry.plan.check(budget)  # the guarantee, asserted on what will be retrained
     if rejected:
         logger.info(
             "%d of %d candidates are over the budget (%s) and were dropped.",
@@ -332,10 +332,12 @@ def choose_winner(values: Sequence[float | None]) -> int | None:
     Returns:
         The winner's position, or None when no value is usable.
     """
-    usable = [i for i, v in enumerate(values) if v is not None and math.isfinite(float(v))]
+    usable = {
+        i: float(v) for i, v in enumerate(values) if v is not None and math.isfinite(float(v))
+    }
     if not usable:
         return None
-    return max(usable, key=lambda i: (float(values[i]), -i))
+    return max(usable, key=lambda i: (usable[i], -i))
 
 
 # Resumable retraining -----------------------------------------------------------------------
@@ -371,7 +373,7 @@ class Selection:
 
     shortlist: Shortlist
     monitor: str
-    records: tuple[dict, ...]
+    records: tuple[dict[str, Any], ...]
     winner: int | None
     result: Retraining | None
 
@@ -386,7 +388,7 @@ class Selection:
         return None if self.winner is None else self.shortlist.entries[self.winner].plan
 
 
-def _read_manifest(path: str, monitor: str) -> list[dict]:
+def _read_manifest(path: str, monitor: str) -> list[dict[str, Any]]:
     state = _io.read_json(path, what="retraining manifest")
     if not isinstance(state, Mapping) or state.get("format") not in (_FORMAT, *_OLD_FORMATS):
         raise ValueError(f"{path!r} is not a retraining manifest.")
@@ -401,7 +403,7 @@ def _read_manifest(path: str, monitor: str) -> list[dict]:
 def retrain_shortlist(
     short: Shortlist,
     retrain: Callable[[SizePlan], Retraining],
-    directory: str | os.PathLike,
+    directory: str | os.PathLike[str],
     *,
     monitor: str,
     build: Callable[[SizePlan], Any] | None = None,
@@ -434,7 +436,7 @@ def retrain_shortlist(
     os.makedirs(directory, exist_ok=True)
     plans = short.plans
     manifest = os.path.join(directory, _MANIFEST)
-    records: list[dict] = []
+    records: list[dict[str, Any]] = []
     if os.path.exists(manifest):
         records = _read_manifest(manifest, monitor)
     if len(records) > len(plans):

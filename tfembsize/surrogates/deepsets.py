@@ -265,12 +265,12 @@ class DeepSetsSurrogate(tf.Module):
                 raise ValueError(f"`{arg}` must be a positive integer. Received: {arg}={value!r}")
         if features not in FEATURES:
             raise ValueError(f"`features` must be one of {FEATURES}. Received: {features!r}")
-        for arg, value in (
+        for arg, rate in (
             ("learning_rate", learning_rate),
             ("min_learning_rate", min_learning_rate),
         ):
-            if not (isinstance(value, (int, float)) and value > 0):
-                raise ValueError(f"`{arg}` must be > 0. Received: {arg}={value!r}")
+            if not (isinstance(rate, (int, float)) and rate > 0):
+                raise ValueError(f"`{arg}` must be > 0. Received: {arg}={rate!r}")
         if not (isinstance(learning_rate_decay, (int, float)) and 0 < learning_rate_decay <= 1):
             raise ValueError(
                 f"`learning_rate_decay` must be in (0, 1]. Received: {learning_rate_decay!r}"
@@ -380,6 +380,7 @@ class DeepSetsSurrogate(tf.Module):
                 raise ValueError("Every type must have the same batch size.")
             batch = a.shape[0]
             out.append(a.astype(np.int32))
+        assert batch is not None  # num_types >= 1 (checked in __init__)
         return out, False, batch
 
     def _params(self) -> tuple:

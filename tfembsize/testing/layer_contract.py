@@ -198,7 +198,7 @@ def _assert_outputs_equal(got: Any, want: Any, what: str) -> None:
 
 def _takes_mask_zero(layer_cls: type, init_kwargs: dict) -> bool:
     """Whether the layer takes ``mask_zero`` (it names it in its signature or its config)."""
-    if "mask_zero" in inspect.signature(layer_cls.__init__).parameters:
+    if "mask_zero" in inspect.signature(layer_cls).parameters:
         return True
     return "mask_zero" in layer_cls(**init_kwargs).get_config()
 
@@ -306,7 +306,7 @@ def check_config_round_trip(
         )
     want = layer(tf.constant(ids))
     revived = {
-        "from_config": layer_cls.from_config(json.loads(text)),
+        "from_config": getattr(layer_cls, "from_config")(json.loads(text)),  # noqa: B009
         "keras.layers.deserialize": keras.layers.deserialize(
             json.loads(json.dumps(keras.layers.serialize(layer)))
         ),
@@ -470,7 +470,11 @@ def _with_id(ids: np.ndarray, value: int, dtype: Any) -> np.ndarray:
 
 
 def _expect_error(
-    run: Callable[..., Any], args: tuple, error: type, pattern: str, what: str
+    run: Callable[..., Any],
+    args: tuple[Any, ...],
+    error: type[BaseException] | tuple[type[BaseException], ...],
+    pattern: str,
+    what: str,
 ) -> None:
     try:
         run(*args)
@@ -551,7 +555,7 @@ def check_id_boundary(
     layer = _built(layer_cls, init_kwargs, ids, prepare)
     name = layer_cls.__name__
     for dtype in dtypes:
-        runners = {
+        runners: dict[str, Callable[..., Any]] = {
             "eagerly": functools.partial(_call_eagerly, layer),
             "in a tf.function": _traced(layer, ids.ndim, tf.as_dtype(dtype)),
             "under model.fit": functools.partial(_fit, layer),

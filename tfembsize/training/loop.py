@@ -32,9 +32,9 @@ logger = logging.getLogger(__name__)
 
 
 # Helpers ---------------------------------------------------------------------------------
-def _metrics_of(result: Any, evaluator: Any) -> dict:
+def _metrics_of(result: Any, evaluator: Any) -> dict[str, float]:
     ks = tuple(getattr(evaluator, "ks", (5, 10, 20)))
-    out = {}
+    out: dict[str, float] = {}
     for k in ks:
         out[f"recall@{k}"] = float(result.recall_at(k))
         out[f"ndcg@{k}"] = float(result.ndcg_at(k))
@@ -56,7 +56,7 @@ class _EarlyStopping:
         self.best_value = -math.inf
         self.best_step = 0
         self.best_result: Any = None
-        self.best_weights: list | None = None
+        self.best_weights: list[np.ndarray] | None = None
         self.wait = 0
 
     def update(self, value: float, step: int, result: Any, model: Any, keep: bool) -> bool:
@@ -151,7 +151,7 @@ def _prepare(model: Any, config: TrainConfig, optimizer: Callable[[Any], Any] | 
 _STEP_CACHE_ATTR = "_tfembsize_step_cache"
 
 
-def _schedule_key(config: TrainConfig) -> tuple:
+def _schedule_key(config: TrainConfig) -> tuple[float, float, int, float]:
     return (
         float(config.learning_rate),
         float(config.decay_rate),
@@ -160,16 +160,16 @@ def _schedule_key(config: TrainConfig) -> tuple:
     )
 
 
-def _initial_state(opt: Any) -> list:
+def _initial_state(opt: Any) -> list[np.ndarray | None]:
     """Per optimiser variable: None if it starts at zero, else a copy of its initial value."""
-    out = []
+    out: list[np.ndarray | None] = []
     for var in opt.variables:
         value = np.asarray(var.numpy())
         out.append(value.copy() if value.any() else None)
     return out
 
 
-def _reset(opt: Any, initial: list) -> None:
+def _reset(opt: Any, initial: list[np.ndarray | None]) -> None:
     """Puts every variable of ``opt`` back to its value when it was built (a fresh optimiser)."""
     for var, value in zip(opt.variables, initial, strict=True):
         if value is None:
@@ -220,7 +220,9 @@ def _optimizer_and_runner(
 
 def _run_steps(runner: Any, iterator: Any, n: int, done: int, config: TrainConfig) -> np.ndarray:
     """Runs up to ``n`` steps after ``done``; returns their losses or raises on a bad one."""
-    losses = runner(iterator, tf.constant(n, tf.int32), tf.constant(done, tf.int32)).numpy()
+    losses: np.ndarray = runner(
+        iterator, tf.constant(n, tf.int32), tf.constant(done, tf.int32)
+    ).numpy()
     bad = np.flatnonzero(~np.isfinite(losses))
     if bad.size:
         step = done + int(bad[0]) + 1
@@ -249,7 +251,7 @@ def train_bpr(
     *,
     config: TrainConfig | None = None,
     optimizer: Callable[[Any], Any] | None = None,
-    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
     hook: TrainingHook | None = None,
 ) -> TrainResult:
     """Trains a BPR backbone in compiled chunks, with early stopping on validation.
@@ -340,7 +342,8 @@ def train_bpr(
     history: list[EvalRecord] = []
     steps = 0
     last_loss = math.nan
-    ckpt = fingerprint = None
+    ckpt: TrainCheckpoint | None = None
+    fingerprint: dict[str, Any] = {}
     if checkpoint_dir is not None:
         ckpt = TrainCheckpoint(checkpoint_dir)
         fingerprint = TrainCheckpoint.fingerprint(model, config, opt)
@@ -356,7 +359,13 @@ def train_bpr(
                 )
                 if hook is not None:
                     hook.on_train_end(int(state["steps"]))
-                return _result_from_dict(ckpt.result())
+                finished = ckpt.result()
+                if finished is None:
+                    raise ValueError(
+                        f"The training checkpoint in {ckpt.directory} is marked finished but has "
+                        "no result. Delete it to start over."
+                    )
+                return _result_from_dict(finished)
             # A hook with work left and a larger `max_steps`: train on from the last step.
         if state is not None:
             ckpt.restore_into(model, opt)
@@ -532,7 +541,7 @@ def _loop_state(
     t0: float,
     improved: bool,
     hook: TrainingHook | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """JSON-ready state of the `train_bpr` loop for `TrainCheckpoint`."""
     return {
         "hook": None if hook is None else hook.get_state(),

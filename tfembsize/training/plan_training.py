@@ -131,7 +131,7 @@ def train_plan(
     train_steps: int | None = None,
     train_epochs: float | None = None,
     seed: int | None = None,
-    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> Outcome:
     """Applies ``plan`` to ``model``, trains it and scores the kept weights on validation.
 

@@ -40,7 +40,7 @@ def _sparsities(sparsity: Any) -> tuple[float, ...]:
     return tuple(sorted(validate_sparsities(sparsity)))
 
 
-def _pep_layers(model_or_layers: Any) -> dict:
+def _pep_layers(model_or_layers: Any) -> dict[str, PEPEmbedding]:
     if isinstance(model_or_layers, PEPEmbedding):
         layers = {model_or_layers.name: model_or_layers}
     elif isinstance(model_or_layers, Mapping):
@@ -147,7 +147,7 @@ class PEPConfig(DictConfig):
                 f"`rewind` must be 'initial' or 'fresh'. Received: rewind={self.rewind!r}"
             )
 
-    def layer_kwargs(self) -> dict:
+    def layer_kwargs(self) -> dict[str, Any]:
         """`PEPEmbedding` arguments."""
         return {
             "granularity": self.granularity,

@@ -16,6 +16,7 @@ from tfembsize.controllers.hooks import InTrainingController
 from tfembsize.controllers.pep.config import _pep_layers, _sparsities, _sparsity_tag
 from tfembsize.controllers.pep.results import PEPCapture
 from tfembsize.errors import BudgetExceededError
+from tfembsize.layers.pep_embedding import PEPEmbedding
 from tfembsize.training.hooks import HookCallback
 
 __all__ = ["PEPController"]
@@ -67,7 +68,7 @@ class PEPController(InTrainingController):
         self,
         sparsity: Any = (0.8, 0.9, 0.95),
         *,
-        directory: str | os.PathLike | None = None,
+        directory: str | os.PathLike[str] | None = None,
         check_every: int = 1,
     ) -> None:
         if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
@@ -80,7 +81,7 @@ class PEPController(InTrainingController):
         self._graph_counted = False
         self.sparsities = _sparsities(sparsity)
         self.directory = None if directory is None else os.fspath(directory)
-        self.layers: dict = {}
+        self.layers: dict[str, PEPEmbedding] = {}
         self.d_max: int | None = None
         self.num_rows: int | None = None
         self.captures: dict[float, PEPCapture] = {}
@@ -115,14 +116,21 @@ class PEPController(InTrainingController):
         if not self.layers:
             raise RuntimeError("PEPController: call `attach(model)` first.")
 
+    def _sizes(self) -> tuple[int, int]:
+        """``(d_max, num_rows)`` of the attached tables; raises RuntimeError before `attach`."""
+        self._require_attached()
+        if self.d_max is None or self.num_rows is None:
+            raise RuntimeError("PEPController: call `attach(model)` first.")
+        return self.d_max, self.num_rows
+
     def budget(self, sparsity: float) -> Budget:
         """The `Budget` of a target."""
-        self._require_attached()
-        return Budget(sparsity=sparsity, d_max=self.d_max)
+        d_max, _ = self._sizes()
+        return Budget(sparsity=sparsity, d_max=d_max)
 
     def limit(self, sparsity: float) -> int:
         """``B(c)`` of a target, in usable parameters."""
-        return self.budget(sparsity).max_params_for(self.num_rows)
+        return self.budget(sparsity).max_params_for(self._sizes()[1])
 
     @property
     def pending(self) -> tuple[float, ...]:
@@ -156,11 +164,11 @@ class PEPController(InTrainingController):
         Returns:
             The new captures (empty if none).
         """
-        self._require_attached()
+        _, num_rows = self._sizes()
         self.last_step = int(step)
         used = self.usable_params() if usable_params is None else int(usable_params)
         self.last_usable = used
-        new = []
+        new: list[PEPCapture] = []
         pending = [c for c in self.pending if used <= self.limit(c)]
         if not pending:
             return new
@@ -178,13 +186,13 @@ class PEPController(InTrainingController):
                     limit,
                 )
                 continue
-            self.budget(c).check_total(total, self.num_rows, what=f"PEP mask for sparsity {c}")
+            self.budget(c).check_total(total, num_rows, what=f"PEP mask for sparsity {c}")
             capture = PEPCapture(
                 sparsity=c,
                 limit=limit,
                 step=int(step),
                 usable_params=total,
-                num_rows=self.num_rows,
+                num_rows=num_rows,
                 layer_params=per_layer,
                 masks=masks,
             )
@@ -198,7 +206,7 @@ class PEPController(InTrainingController):
                 limit,
             )
             if self.directory is not None:
-                self._write_capture(capture)
+                self._write_capture(capture, self.directory)
         if new and self.directory is not None:
             self.save()
         return new
@@ -248,10 +256,16 @@ class PEPController(InTrainingController):
 
     def _arm(self) -> None:
         """Sets the in-graph limit to the next pending budget and forgets the last count."""
-        if self._used is not None:
+        if self._used is not None and self._limit is not None:
             limit = self.next_limit()
             self._used.assign(_NO_COUNT)
             self._limit.assign(-1 if limit is None else limit)
+
+    def _variables(self) -> tuple[tf.Variable, tf.Variable]:
+        """The in-graph count and limit variables (made by `on_train_begin`)."""
+        if self._used is None or self._limit is None:
+            raise RuntimeError("PEPController: `on_train_begin` has not run.")
+        return self._used, self._limit
 
     def _count(self) -> tf.Tensor:
         counts = [tf.cast(layer.count_usable_params(), tf.int64) for layer in self.layers.values()]
@@ -261,18 +275,20 @@ class PEPController(InTrainingController):
         """In graph: every ``check_every`` steps, count; stop the chunk at a budget crossing."""
         del batch, loss
         self._graph_counted = True
+        used_var, limit_var = self._variables()
         check = tf.equal(step % self.check_every, 0)
-        used = tf.cond(check, self._count, lambda: self._used.read_value())
-        with tf.control_dependencies([self._used.assign(used)]):
-            return tf.logical_and(self._limit >= 0, used <= self._limit)
+        used = tf.cond(check, self._count, lambda: used_var.read_value())
+        with tf.control_dependencies([used_var.assign(used)]):
+            return tf.logical_and(limit_var >= 0, used <= limit_var)
 
     def on_chunk_end(self, step: int, losses: np.ndarray) -> dict[str, float]:
         """Host: captures the masks when the count fell under a budget; re-arms the check."""
         if not self._graph_counted:  # under model.fit: no in-graph count, count here
             self.observe(step)
         else:
-            used = int(self._used.numpy())
-            limit = int(self._limit.numpy())
+            used_var, limit_var = self._variables()
+            used = int(used_var.numpy())
+            limit = int(limit_var.numpy())
             if 0 <= used <= limit:
                 self.observe(step, used)
             else:
@@ -280,6 +296,7 @@ class PEPController(InTrainingController):
                 self.last_step = int(step)
                 self.last_usable = used if fresh else self.usable_params()
         self._arm()
+        assert self.last_usable is not None  # set by `observe` or above
         return {"usable_params": float(self.last_usable)}
 
     def on_train_end(self, step: int) -> None:
@@ -289,13 +306,16 @@ class PEPController(InTrainingController):
 
     # Persistence ------------------------------------------------------------------------------
     def _mask_path(self, sparsity: float, directory: str | None = None) -> str:
-        return os.path.join(directory or self.directory, f"masks_{_sparsity_tag(sparsity)}.npz")
+        directory = directory or self.directory
+        if directory is None:
+            raise ValueError("PEPController: no `directory` for the masks.")
+        return os.path.join(directory, f"masks_{_sparsity_tag(sparsity)}.npz")
 
-    def _write_capture(self, capture: PEPCapture) -> None:
-        os.makedirs(self.directory, exist_ok=True)
-        _io.write_npz(self._mask_path(capture.sparsity), capture.masks, compress=True)
+    def _write_capture(self, capture: PEPCapture, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        _io.write_npz(self._mask_path(capture.sparsity, directory), capture.masks, compress=True)
 
-    def get_state(self) -> dict:
+    def get_state(self) -> dict[str, Any]:
         """JSON run state (captures without their masks, which live in ``.npz`` files)."""
         return {
             "format": _STATE_FORMAT,
@@ -310,7 +330,7 @@ class PEPController(InTrainingController):
         }
 
     def set_state(
-        self, state: Mapping[str, Any], masks: Mapping[float, Mapping] | None = None
+        self, state: Mapping[str, Any], masks: Mapping[float, Mapping[str, Any]] | None = None
     ) -> None:
         """Restores `get_state` output (with the masks of each capture).
 
@@ -374,7 +394,7 @@ class PEPController(InTrainingController):
             self.num_rows = int(state["num_rows"])
         self._arm()
 
-    def save(self, directory: str | os.PathLike | None = None) -> None:
+    def save(self, directory: str | os.PathLike[str] | None = None) -> None:
         """Writes ``pep_state.json`` and every capture's ``masks_<c>.npz``."""
         directory = os.fspath(directory) if directory is not None else self.directory
         if directory is None:
@@ -386,7 +406,7 @@ class PEPController(InTrainingController):
                 _io.write_npz(path, capture.masks, compress=True)
         _io.write_json(os.path.join(directory, _STATE_FILE), self.get_state())
 
-    def restore(self, directory: str | os.PathLike | None = None) -> bool:
+    def restore(self, directory: str | os.PathLike[str] | None = None) -> bool:
         """Loads a saved run; returns False if the directory holds none."""
         directory = os.fspath(directory) if directory is not None else self.directory
         if directory is None:

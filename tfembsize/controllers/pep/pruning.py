@@ -34,7 +34,7 @@ def prune(
     *,
     config: PEPConfig | None = None,
     seed: int = 0,
-    directory: str | os.PathLike | None = None,
+    directory: str | os.PathLike[str] | None = None,
     verbose: int = 0,
 ) -> PEPPruneResult:
     """Runs PEP's pruning phase on a BPR backbone with PEP tables and captures the masks.
@@ -142,7 +142,7 @@ def run_pep(
     sparsities: Any = (0.8, 0.9, 0.95),
     config: Any = None,
     seed: int = 0,
-    directory: str | os.PathLike | None = None,
+    directory: str | os.PathLike[str] | None = None,
     *,
     pep: PEPConfig | None = None,
     evaluator: Any = None,

@@ -39,7 +39,7 @@ class PEPCapture:
         width = next(iter(self.masks.values())).shape[1]
         return self.usable_params / float(width * self.num_rows)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (without the masks)."""
         return {
             "sparsity": self.sparsity,
@@ -67,7 +67,7 @@ class PEPPruneResult:
     captures: Mapping[float, PEPCapture]
     missed: tuple[float, ...]
     steps: int
-    history: tuple[dict, ...]
+    history: tuple[dict[str, Any], ...]
     initial_tables: Mapping[str, np.ndarray] = dataclasses.field(repr=False)
     wall_time: float = 0.0
 
@@ -107,7 +107,7 @@ class PEPResult:
         value = self.train[phase].get(name)
         return None if value is None else float(value)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {
             "sparsity": self.sparsity,

@@ -140,7 +140,7 @@ def retrain_ticket(
     return result
 
 
-def _train_summary(result: Any) -> dict:
+def _train_summary(result: Any) -> dict[str, Any]:
     """The compact JSON summary of a `TrainResult` kept in a `PEPResult`."""
 
     def metrics(r: Any) -> Any:

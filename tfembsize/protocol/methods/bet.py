@@ -185,7 +185,9 @@ def _search(ctx: MethodContext, settings: BETSettings, variant: Mapping[str, Any
     """Runs or resumes the seed's multi-sparsity search; returns (controller, result, env)."""
     from tfembsize.search import run
 
-    if ctx.sparsity is not None and ctx.sparsity in ctx.sparsities:
+    if ctx.sparsity is None:
+        raise ValueError("BET needs a target sparsity; the cell has none.")
+    if ctx.sparsity in ctx.sparsities:
         sparsities, directory = tuple(ctx.sparsities), ctx.shared_directory
     else:  # a cell outside the run's list: a search of its own
         sparsities, directory = (float(ctx.sparsity),), os.path.join(ctx.directory, "search")
@@ -236,7 +238,7 @@ def _retrain_top_k(
         label=f"BET c={ctx.sparsity}",
     )
     records = [dict(r) for r in selection.records]
-    if selection.winner is None:
+    if selection.winner is None or selection.result is None:
         raise FloatingPointError("No retrained BET candidate has a finite validation score.")
     result, d = selection.result, selection.result.details
     best = Retrained(
@@ -271,11 +273,14 @@ def bet_method(**variant: Any) -> Callable[[MethodContext], MethodOutput]:
         archived = controller.candidates(sparsity=c)
         if not archived:
             raise RuntimeError(f"The BET search at c={c:g} has no successful iteration.")
-        short = shortlist(archived, settings.top_k, ctx.budget)  # each asserted in B(c)
+        budget = ctx.budget
+        if budget is None:  # not with a sparsity (checked above)
+            raise ValueError("BET needs a target sparsity; the cell has none.")
+        short = shortlist(archived, settings.top_k, budget)  # each asserted in B(c)
         if short.missed:
             raise RuntimeError(
                 f"BET missed c={c:g}: no archived action is within the budget "
-                f"({ctx.budget.describe()}); the budget is not relaxed."
+                f"({budget.describe()}); the budget is not relaxed."
             )
         records, best_rank, best = _retrain_top_k(
             ctx, short, os.path.join(ctx.directory, "retrain")
