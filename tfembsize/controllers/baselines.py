@@ -16,14 +16,8 @@ from typing import Any
 import numpy as np
 
 from tfembsize.budget import water_fill_down
-from tfembsize.controllers.base import (
-    Controller,
-    Decision,
-    Problem,
-    fitness_of,
-    sparsity_key,
-    uniform_size,
-)
+from tfembsize.controllers._common import sparsity_key, uniform_size
+from tfembsize.controllers.base import Controller, Decision, Problem, fitness_of
 from tfembsize.errors import BudgetInfeasibleError
 from tfembsize.plan import SizePlan
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from tfembsize._dataclass_config import DictConfig
-from tfembsize.controllers.base import validate_sparsities
+from tfembsize.controllers._common import validate_sparsities
 from tfembsize.layers.pep_embedding import (
     GRANULARITIES,
     THRESHOLD_FNS,

@@ -1,0 +1,292 @@
+"""Serving signatures of a compressed model: retrieval top-k, scores, or the model's own call.
+
+Each signature is a ``tf.function`` with an explicit input signature (ids and ``k`` are
+inputs, so nothing is frozen at trace time), built from stock TensorFlow ops with GPU
+kernels, and optionally compiled with XLA. Ids outside the tables are rejected with a clear
+error instead of silently reading zeros.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tfembsize._keras import is_legacy_keras
+from tfembsize.layers.compressed_embedding import CompressedEmbedding
+from tfembsize.layers.utils import iter_layers
+
+__all__ = ["is_retrieval_model", "resolve_jit_compile"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class _Signature:
+    function: Any  # tf.function
+    concrete: Any  # its concrete function
+    inputs: dict[str, tf.TensorSpec]
+
+
+@dataclasses.dataclass
+class _Built:
+    signatures: dict[str, _Signature]
+    item_scoring: str = ""
+    num_users: int | None = None
+    num_items: int | None = None
+
+
+def is_retrieval_model(model: Any) -> bool:
+    """Whether ``model`` follows the retrieval protocol (embed_users/embed_items/num_*)."""
+    return (
+        callable(getattr(model, "embed_users", None))
+        and callable(getattr(model, "embed_items", None))
+        and isinstance(getattr(model, "num_users", None), (int, np.integer))
+        and isinstance(getattr(model, "num_items", None), (int, np.integer))
+    )
+
+
+def _resolve_kind(model: Any, signatures: str) -> str:
+    if signatures not in ("auto", "retrieval", "call"):
+        raise ValueError(
+            "`signatures` must be 'auto', 'retrieval' or 'call'. "
+            f"Received: signatures={signatures!r}"
+        )
+    if signatures == "retrieval" and not is_retrieval_model(model):
+        raise ValueError(
+            f"signatures='retrieval' needs a model with embed_users(ids), embed_items(ids), "
+            f"num_users and num_items; {type(model).__name__} lacks some of them."
+        )
+    if signatures == "auto":
+        return "retrieval" if is_retrieval_model(model) else "call"
+    return signatures
+
+
+def _checked_ids(ids: tf.Tensor, limit: int, name: str, what: str) -> tf.Tensor:
+    """``ids`` as int32 after a run-time range check with a clear error."""
+    # Elementwise test + All (Min has no int64 GPU kernel); the message shows the largest
+    # id if it is too large, else the smallest (negative) one.
+    upper = tf.cast(limit, ids.dtype)
+    ok = tf.reduce_all(tf.logical_and(ids >= 0, ids < upper))
+    hi = tf.reduce_max(ids)
+    bad = tf.where(hi >= upper, hi, -tf.reduce_max(-ids))
+    check = tf.debugging.Assert(
+        ok, [f"`{name}` must be in [0, {what}={limit}). Received id", bad], summarize=1
+    )
+    with tf.control_dependencies([check]):
+        return tf.cast(tf.identity(ids), tf.int32)
+
+
+def _checked_k(k: tf.Tensor, num_items: int) -> tf.Tensor:
+    ok = tf.logical_and(k >= 1, k <= num_items)
+    check = tf.debugging.Assert(
+        ok, [f"`k` must be in [1, num_items={num_items}]. Received k =", k], summarize=1
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(k)
+
+
+def _item_scorer(model: Any) -> tuple[Callable[[tf.Tensor, tf.Tensor], tuple], str]:
+    """How to score all items for a batch of user vectors, and its name."""
+    num_items = int(model.num_items)
+    ids = tf.range(num_items, dtype=tf.int32)
+    items = None
+    candidates = [
+        layer
+        for layer in [model, *iter_layers(model)]
+        if getattr(layer, "input_dim", None) == num_items and layer is not model
+    ]
+    if candidates:
+        items = np.asarray(model.embed_items(ids))
+    for layer in candidates:
+        try:
+            rows = np.asarray(layer(ids))
+        except Exception:  # noqa: BLE001 - not a lookup table after all
+            continue
+        if items is None or rows.shape != items.shape or not np.array_equal(rows, items):
+            continue  # (items is set whenever there are candidates)
+        if isinstance(layer, CompressedEmbedding):
+            if layer.scoring:
+                return (lambda q, k, layer=layer: layer.top_k(q, k)), "compressed"
+            logger.warning(
+                "Item table '%s' was compressed with scoring=False; serving decompresses it "
+                "in every call. Compress with scoring=True (the default for retrieval "
+                "models) to score the compressed blocks directly.",
+                layer.name,
+            )
+            break
+        table = getattr(layer, "embeddings", None)
+        if table is not None and not getattr(layer, "_tfembsize_searchable", False):
+
+            def dense(q: tf.Tensor, k: tf.Tensor, table: Any = table) -> tuple:
+                top = tf.math.top_k(tf.matmul(q, tf.convert_to_tensor(table), transpose_b=True), k)
+                return top.indices, top.values
+
+            return dense, "dense_table"
+        break
+    if callable(getattr(model, "representations", None)):
+
+        def via_representations(q: tf.Tensor, k: tf.Tensor) -> tuple:
+            _, item_matrix = model.representations(training=False)
+            top = tf.math.top_k(tf.matmul(q, item_matrix, transpose_b=True), k)
+            return top.indices, top.values
+
+        return via_representations, "representations"
+
+    def via_embed_items(q: tf.Tensor, k: tf.Tensor) -> tuple:
+        item_matrix = model.embed_items(tf.range(num_items, dtype=tf.int32))
+        top = tf.math.top_k(tf.matmul(q, item_matrix, transpose_b=True), k)
+        return top.indices, top.values
+
+    return via_embed_items, "embed_items"
+
+
+def resolve_jit_compile(model: Any, jit_compile: bool | None) -> bool:
+    """The ``jit_compile`` an export of ``model`` uses (see `save_compressed`).
+
+    Args:
+        model: the (compressed) model to export.
+        jit_compile: ``True``/``False`` as given, or ``None`` for the default: ``True``
+            exactly when ``model`` holds a `CompressedEmbedding` with an unstructured
+            (``kind="sparse"``) layout.
+
+    Returns:
+        Whether the signature bodies are compiled with XLA.
+
+    Raises:
+        TypeError: ``jit_compile`` is not a bool or None.
+    """
+    if jit_compile is None:
+        return any(
+            isinstance(layer, CompressedEmbedding) and layer.kind == "sparse"
+            for layer in [model, *iter_layers(model)]
+        )
+    if not isinstance(jit_compile, (bool, np.bool_)):
+        raise TypeError(
+            f"`jit_compile` must be True, False or None. Received: jit_compile={jit_compile!r}"
+        )
+    return bool(jit_compile)
+
+
+def _maybe_jit(fn: Callable, jit_compile: bool) -> Callable:
+    return tf.function(fn, jit_compile=True, autograph=False) if jit_compile else fn
+
+
+def _retrieval_signatures(model: Any, *, id_dtype: tf.DType, jit_compile: bool) -> _Built:
+    num_users, num_items = int(model.num_users), int(model.num_items)
+    scorer, how = _item_scorer(model)
+
+    def recommend(user_ids: tf.Tensor, k: tf.Tensor) -> tuple:
+        ids, scores = scorer(model.embed_users(user_ids), k)
+        return ids, scores
+
+    core_recommend = _maybe_jit(recommend, jit_compile)
+    core_users = _maybe_jit(lambda ids: model.embed_users(ids), jit_compile)
+    core_items = _maybe_jit(lambda ids: model.embed_items(ids), jit_compile)
+
+    user_spec = tf.TensorSpec([None], id_dtype, name="user_ids")
+    item_spec = tf.TensorSpec([None], id_dtype, name="item_ids")
+    k_spec = tf.TensorSpec([], tf.int32, name="k")
+
+    @tf.function(input_signature=[user_spec, k_spec], autograph=False)
+    def serving_default(user_ids: tf.Tensor, k: tf.Tensor) -> dict:
+        ids = _checked_ids(user_ids, num_users, "user_ids", "num_users")
+        k = _checked_k(k, num_items)
+        item_ids, scores = core_recommend(ids, k)
+        return {"item_ids": tf.cast(item_ids, id_dtype), "scores": tf.cast(scores, tf.float32)}
+
+    @tf.function(input_signature=[user_spec], autograph=False)
+    def embed_users(user_ids: tf.Tensor) -> dict:
+        ids = _checked_ids(user_ids, num_users, "user_ids", "num_users")
+        return {"embeddings": tf.cast(core_users(ids), tf.float32)}
+
+    @tf.function(input_signature=[item_spec], autograph=False)
+    def embed_items(item_ids: tf.Tensor) -> dict:
+        ids = _checked_ids(item_ids, num_items, "item_ids", "num_items")
+        return {"embeddings": tf.cast(core_items(ids), tf.float32)}
+
+    sigs = {}
+    for name, fn, specs in (
+        ("serving_default", serving_default, [user_spec, k_spec]),
+        ("embed_users", embed_users, [user_spec]),
+        ("embed_items", embed_items, [item_spec]),
+    ):
+        sigs[name] = _Signature(fn, fn.get_concrete_function(), {s.name: s for s in specs})
+    return _Built(sigs, item_scoring=how, num_users=num_users, num_items=num_items)
+
+
+def _call_specs(model: Any, input_signature: Any) -> tuple[list[tf.TensorSpec], str]:
+    """Flat named specs and the structure (``single``, ``list``, ``dict``) of the call."""
+
+    def named(spec: Any, default: str) -> tf.TensorSpec:
+        if not isinstance(spec, tf.TensorSpec):
+            shape = [None, *list(spec.shape)[1:]] if spec.shape else []
+            spec = tf.TensorSpec(shape, tf.as_dtype(spec.dtype), name=getattr(spec, "name", None))
+        return tf.TensorSpec(spec.shape, spec.dtype, name=spec.name or default)
+
+    if input_signature is None:
+        inputs = None
+        if _is_graph_model(model):
+            inputs = getattr(model, "_inputs_struct", None)
+            if inputs is None:
+                inputs = model.inputs
+        elif is_legacy_keras() and callable(getattr(model, "save_spec", None)):
+            spec = model.save_spec()
+            inputs = spec[0][0] if spec and spec[0] else None
+        if inputs is None:
+            raise ValueError(
+                f"Cannot infer the call's input signature of {type(model).__name__} "
+                f"'{getattr(model, 'name', '')}'. Pass input_signature= (a tf.TensorSpec, "
+                "a list of them or a dict name -> tf.TensorSpec)."
+            )
+        input_signature = inputs
+    if isinstance(input_signature, Mapping):
+        specs = [named(s, str(n)) for n, s in input_signature.items()]
+        return specs, "dict"
+    if isinstance(input_signature, Sequence):
+        specs = [named(s, f"input_{i}") for i, s in enumerate(input_signature)]
+        if len(specs) == 1:
+            return specs, "single"
+        return specs, "list"
+    return [named(input_signature, "inputs")], "single"
+
+
+def _is_graph_model(model: Any) -> bool:
+    cls = type(model)
+    return cls.__name__ in ("Functional", "Sequential") and cls.__module__.startswith(
+        ("keras.", "tf_keras.")
+    )
+
+
+def _call_signatures(model: Any, input_signature: Any, *, jit_compile: bool) -> _Built:
+    specs, structure = _call_specs(model, input_signature)
+    names = [s.name for s in specs]
+
+    def run(*args: tf.Tensor) -> Any:
+        if structure == "dict":
+            inputs: Any = dict(zip(names, args, strict=True))
+        elif structure == "list":
+            inputs = list(args)
+        else:
+            inputs = args[0]
+        return model(inputs, training=False)
+
+    core = _maybe_jit(run, jit_compile)
+
+    @tf.function(input_signature=specs, autograph=False)
+    def serving_default(*args: tf.Tensor) -> dict:
+        out = core(*args)
+        if isinstance(out, Mapping):
+            return dict(out)
+        if isinstance(out, (list, tuple)):
+            return {f"output_{i}": t for i, t in enumerate(out)}
+        return {"outputs": out}
+
+    sig = _Signature(
+        serving_default, serving_default.get_concrete_function(), {s.name: s for s in specs}
+    )
+    return _Built({"serving_default": sig})
