@@ -86,7 +86,7 @@ def test_over_budget_plans_are_repaired_only_when_asked_and_the_repair_is_record
         CANDIDATES[1].plan.check(BUDGET)  # the candidate itself is left as it was
 
 
-def test_a_target_without_a_candidate_within_its_budget_is_missed_not_relaxed():
+def test_a_target_without_a_candidate_within_its_budget_is_missed_not_relaxed(tmp_path):
     tight = Budget(max_params=5, d_max=4)  # every candidate needs >= 6
     short = shortlist(CANDIDATES, 3, tight)
     assert short.missed and short.plans == [] and len(short.rejected) == len(CANDIDATES)
@@ -95,7 +95,7 @@ def test_a_target_without_a_candidate_within_its_budget_is_missed_not_relaxed():
     assert not by_target[0.5].missed and by_target[0.9].missed
     assert shortlists({0.9: CANDIDATES}, 2, d_max=4, repair=True)[0.9].missed
     selection = retrain_shortlist(
-        short, lambda p: pytest.fail("nothing to retrain"), "unused", monitor="recall@20"
+        short, lambda p: pytest.fail("nothing to retrain"), tmp_path / "r", monitor="recall@20"
     )
     assert selection.missed and selection.winner is None and selection.plan is None
 
