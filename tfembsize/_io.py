@@ -271,7 +271,8 @@ class AppendOnlyArrays:
             str(k): (tuple(int(s) for s in v[0]), np.dtype(v[1])) for k, v in fields.items()
         }
         self._data = {k: np.zeros((0, *shape), dtype) for k, (shape, dtype) in self.fields.items()}
-        self._flushed = 0
+        # Rows already written, per folder: saving into a new folder writes every row there.
+        self._flushed: dict[str, int] = {}
 
     def __len__(self) -> int:
         return int(next(iter(self._data.values())).shape[0])
@@ -317,24 +318,29 @@ class AppendOnlyArrays:
         """Keeps the first ``length`` rows (rows already flushed past it are rewritten later)."""
         for name in self._data:
             self._data[name] = self._data[name][:length]
-        self._flushed = min(self._flushed, length)
+        self._flushed = {d: min(n, length) for d, n in self._flushed.items()}
 
     def flush(self, directory: str | os.PathLike[str]) -> int:
-        """Writes the unflushed rows as one chunk into ``directory``; returns the length."""
+        """Writes the rows not yet in ``directory`` as one chunk there; returns the length.
+
+        Rows are tracked per folder: the first flush into a folder writes every row.
+        """
+        key = os.path.realpath(os.fspath(directory))
         directory = os.fspath(directory)
         n = len(self)
-        if n > self._flushed:
+        done = self._flushed.get(key, 0)
+        if n > done:
             # Chunks from this row on were written and never committed (a crash between a
             # flush and the caller's commit): drop them so every row has one chunk.
             if os.path.isdir(directory):
                 for entry in os.listdir(directory):
                     if entry.endswith(".npz") and "-" in entry:
                         start = int(entry.split("-")[0])
-                        if start >= self._flushed:
+                        if start >= done:
                             os.remove(os.path.join(directory, entry))
-            chunk = {k: v[self._flushed : n] for k, v in self._data.items()}
-            write_npz(os.path.join(directory, f"{self._flushed:012d}-{n:012d}.npz"), chunk)
-            self._flushed = n
+            chunk = {k: v[done:n] for k, v in self._data.items()}
+            write_npz(os.path.join(directory, f"{done:012d}-{n:012d}.npz"), chunk)
+            self._flushed[key] = n
         else:
             os.makedirs(directory, exist_ok=True)
         return n
@@ -396,5 +402,5 @@ class AppendOnlyArrays:
             position = start + take
         for k in log.fields:
             log._data[k] = np.concatenate(parts[k]).astype(log.fields[k][1], copy=False)
-        log._flushed = length
+        log._flushed = {os.path.realpath(directory): length}
         return log

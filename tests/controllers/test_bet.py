@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import glob
+import os
 
 import numpy as np
 import pytest
@@ -363,3 +364,20 @@ def test_runs_under_the_search_loop_and_resumes(tmp_path):
     assert [r.plan for r in rest.history] == [r.plan for r in whole.history]
     for c in (0.8, 0.9):
         assert rest.per_sparsity[c].plan.fits(Budget(sparsity=c, d_max=obs.d_max))
+
+
+def test_the_archive_is_appended_to_disk_not_rewritten(tmp_path):
+    obs = make_observation()
+    bet = small_bet(0.9)
+    env = FakeEnvironment(obs)
+    logs = tmp_path / "logs"
+    for i in range(3):
+        drive(bet, env, steps=1)
+        bet.save(tmp_path / f"ckpt{i}", logs_directory=logs)
+    chunks = sorted(os.listdir(logs / "archive_0"))
+    assert chunks == [f"{i:012d}-{i + 1:012d}.npz" for i in range(3)]  # one new action per save
+    restored = small_bet(0.9)
+    restored.restore(tmp_path / "ckpt1")
+    assert restored.archive().fitness.tolist() == bet.archive().fitness[:2].tolist()
+    restored.restore(tmp_path / "ckpt2")
+    np.testing.assert_array_equal(restored.archive().counts, bet.archive().counts)

@@ -102,3 +102,14 @@ def test_append_only_arrays_errors(tmp_path):
         log.append(s=np.ones((2, 2)), a=[1])
     with pytest.raises(StateFileError, match="no chunk starting at row 0"):
         _io.AppendOnlyArrays.load(tmp_path, FIELDS, 2)
+
+
+def test_append_only_arrays_into_a_new_folder_write_every_row(tmp_path):
+    log = _io.AppendOnlyArrays(FIELDS)
+    log.append(s=np.ones((2, 2)), a=[1, 2])
+    log.flush(tmp_path / "a")
+    log.append(s=np.ones((1, 2)), a=[3])
+    assert log.flush(tmp_path / "a") == 3
+    assert log.flush(tmp_path / "b") == 3  # a new folder gets all rows, not only the new one
+    for folder in ("a", "b"):
+        assert _io.AppendOnlyArrays.load(tmp_path / folder, FIELDS, 3)["a"].tolist() == [1, 2, 3]

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from tfembsize._io import AppendOnlyArrays
 from tfembsize.controllers._common import generator_state, set_generator_state, sparsity_key
 from tfembsize.controllers.base import Controller, Decision, fitness_of
 from tfembsize.controllers.bet_archive import (
@@ -236,6 +237,8 @@ class BETController(Controller):
     # Problem-dependent parts -------------------------------------------------------------
     def _on_problem(self) -> None:
         p = self._known_problem()
+        for search in self._searches:
+            search.ensure_log(p.d_max)
         if p.user_frequencies is None or p.item_frequencies is None:
             raise RuntimeError("BETController needs the problem's entity frequencies.")
         freqs = (p.user_frequencies, p.item_frequencies)
@@ -611,25 +614,8 @@ class BETController(Controller):
             set_generator_state(search.rng, s["rng"])
         self._chosen = None
 
-    def _get_arrays(self) -> dict[str, np.ndarray]:
-        out = {}
-        for i, s in enumerate(self._searches):
-            out[f"{i}:counts"] = s.counts
-            out[f"{i}:fitness"] = s.fitness
-            out[f"{i}:predicted"] = s.predicted
-            out[f"{i}:iterations"] = s.iterations
-            out[f"{i}:strategies"] = s.strategies
-        return out
-
-    def _set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        for i, s in enumerate(self._searches):
-            if f"{i}:counts" not in arrays:
-                raise ValueError(f"The saved BET arrays miss search {i}.")
-            s.counts = np.asarray(arrays[f"{i}:counts"], np.int64)
-            s.fitness = np.asarray(arrays[f"{i}:fitness"], np.float64)
-            s.predicted = np.asarray(arrays[f"{i}:predicted"], np.float64)
-            s.iterations = np.asarray(arrays[f"{i}:iterations"], np.int64)
-            s.strategies = np.asarray(arrays[f"{i}:strategies"], np.int8)
+    def _array_logs(self) -> dict[str, AppendOnlyArrays]:
+        return {f"archive_{i}": s.log for i, s in enumerate(self._searches) if s.log is not None}
 
     def _trackables(self) -> dict[str, Any]:
         if self._surrogates is None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from tfembsize._io import AppendOnlyArrays
 from tfembsize.plan import SizePlan
 from tfembsize.search.selection import rank_distinct
 
@@ -77,8 +79,22 @@ class Archive:
     __hash__ = None  # type: ignore[assignment]
 
 
+def _archive_fields(d_max: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+    return {
+        "counts": ((2, int(d_max)), np.int64),
+        "fitness": ((), np.float64),
+        "predicted": ((), np.float64),
+        "iterations": ((), np.int64),
+        "strategies": ((), np.int8),
+    }
+
+
 class _Search:
-    """Run state of one sparsity's search (JSON part + arrays; the surrogate separately)."""
+    """Run state of one sparsity's search (JSON part + the archive; the surrogate separately).
+
+    The archive (per evaluated action: size counts, fitness, predicted fitness, iteration and
+    strategy) only grows, so it is an `AppendOnlyArrays`: each save appends the new rows.
+    """
 
     def __init__(self, sparsity: float, rng: np.random.Generator, d_max: int | None) -> None:
         self.sparsity = sparsity
@@ -87,23 +103,54 @@ class _Search:
         self.failed = 0
         self.retrain_fitness: list[float | None] = []
         self.retrain_values: list[float | None] = []
-        d = d_max or 1
-        self.counts: np.ndarray = np.zeros((0, 2, d), np.int64)
-        self.fitness: np.ndarray = np.zeros(0, np.float64)
-        self.predicted: np.ndarray = np.zeros(0, np.float64)
-        self.iterations: np.ndarray = np.zeros(0, np.int64)
-        self.strategies: np.ndarray = np.zeros(0, np.int8)
+        self.log: AppendOnlyArrays | None = None
+        if d_max is not None:
+            self.ensure_log(d_max)
+
+    def ensure_log(self, d_max: int) -> AppendOnlyArrays:
+        """The archive, made for width ``d_max`` when first needed."""
+        if self.log is None:
+            self.log = AppendOnlyArrays(_archive_fields(d_max))
+        return self.log
+
+    def _column(self, name: str, empty: np.ndarray) -> np.ndarray:
+        return empty if self.log is None else self.log.arrays[name]
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Size counts per archived action, ``[n, 2, d_max]`` (read-only)."""
+        return self._column("counts", np.zeros((0, 2, 1), np.int64))
+
+    @property
+    def fitness(self) -> np.ndarray:
+        """Measured fitness per archived action (read-only)."""
+        return self._column("fitness", np.zeros(0, np.float64))
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """The surrogate's prediction when each action was chosen (read-only)."""
+        return self._column("predicted", np.zeros(0, np.float64))
+
+    @property
+    def iterations(self) -> np.ndarray:
+        """Search iteration of each archived action (read-only)."""
+        return self._column("iterations", np.zeros(0, np.int64))
+
+    @property
+    def strategies(self) -> np.ndarray:
+        """Index into `STRATEGIES` of each archived action (read-only)."""
+        return self._column("strategies", np.zeros(0, np.int8))
 
     def append(
         self, counts: np.ndarray, fitness: float, predicted: float, iteration: int, strategy: int
     ) -> None:
-        if self.counts.shape[2] != counts.shape[-1]:
-            self.counts = np.zeros((0, *counts.shape), np.int64)
-        self.counts = np.concatenate([self.counts, counts[None]], axis=0)
-        self.fitness = np.append(self.fitness, fitness)
-        self.predicted = np.append(self.predicted, predicted)
-        self.iterations = np.append(self.iterations, np.int64(iteration))
-        self.strategies = np.append(self.strategies, np.int8(strategy))
+        self.ensure_log(int(counts.shape[-1])).append(
+            counts=np.asarray(counts)[None],
+            fitness=[fitness],
+            predicted=[predicted],
+            iterations=[iteration],
+            strategies=[strategy],
+        )
 
     def ranking(self) -> np.ndarray:
         """Archive indices by fitness (descending), ties by earlier iteration; duplicates out."""
