@@ -316,7 +316,7 @@ class Controller(abc.ABC):
                 f"{type(self).__name__} returned a plan for tables {sorted(plan)}; the "
                 f"observation has {sorted(observation.tables)}."
             )
-        users, items = self._known_problem().sizes(plan)
+        users, items = self._known_problem().sizes_from_plan(plan)
         for name, side in observation.tables.items():
             want = users if side == "user" else items
             if plan[name].shape != want.shape or not np.array_equal(plan[name], want):

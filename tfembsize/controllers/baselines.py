@@ -45,7 +45,7 @@ class StaticController(Controller):
         users, items = self._entity_sizes(problem, sparsity)
         users = np.asarray(users, np.int32)
         items = np.asarray(items, np.int32)
-        plan = problem.plan(users, items)
+        plan = problem.plan_from_sizes(users, items)
         plan.check(problem.budget(sparsity))
         return plan
 

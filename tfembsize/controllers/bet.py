@@ -410,7 +410,7 @@ class BETController(Controller):
             else {"train_epochs": self.finetune_epochs}
         )
         return Decision(
-            plan=self._known_problem().plan(users, items),
+            plan=self._known_problem().plan_from_sizes(users, items),
             mode="snapshot",
             budget=budget,
             phase="search",
@@ -554,7 +554,7 @@ class BETController(Controller):
             users, items = sampler.entity_sizes(search.counts[a])
             out.append(
                 Candidate(
-                    plan=self._known_problem().plan(users, items),
+                    plan=self._known_problem().plan_from_sizes(users, items),
                     score=float(search.fitness[a]),
                     info={
                         "archive_index": a,

@@ -57,7 +57,9 @@ def split_plan(problem: Any, sparsity: float, share: float) -> SizePlan:
     n_users, n_items = problem.user_frequencies.size, problem.item_frequencies.size
     d_user = int(np.clip(share * limit // n_users, 1, problem.d_max))
     d_item = int(np.clip((limit - d_user * n_users) // n_items, 1, problem.d_max))
-    return problem.plan(np.full(n_users, d_user, np.int32), np.full(n_items, d_item, np.int32))
+    return problem.plan_from_sizes(
+        np.full(n_users, d_user, np.int32), np.full(n_items, d_item, np.int32)
+    )
 
 
 def size_cv(counts: np.ndarray) -> float:

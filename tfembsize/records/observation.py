@@ -235,14 +235,6 @@ class Problem(_TableLayout):
             )
         return limit
 
-    def plan(self, user_sizes: Any, item_sizes: Any) -> SizePlan:
-        """The plan giving every user-side table ``user_sizes`` and item-side ``item_sizes``."""
-        return self.plan_from_sizes(user_sizes, item_sizes)
-
-    def sizes(self, plan: SizePlan) -> tuple[np.ndarray, np.ndarray]:
-        """The (user, item) size vectors of a plan."""
-        return self.sizes_from_plan(plan)
-
     @property
     def has_frequencies(self) -> bool:
         """True when the frequency arrays are known."""

@@ -174,11 +174,8 @@ def _summarise(
     finished: bool,
     controller: Controller,
 ) -> SearchResult:
-    chosen: dict[float, SizePlan] = {}
-    for s, plan in controller.best_plans().items():
-        if plan is not None:
-            plan.check(budgets[float(s)])  # every result is within its budget, asserted
-            chosen[float(s)] = plan
+    # best_plans() asserts every plan within its budget (Controller._checked_result).
+    chosen = {float(s): p for s, p in controller.best_plans().items() if p is not None}
     per: dict[float, StepRecord | None] = {}
     for s in sorted(budgets):
         b = budgets[s]

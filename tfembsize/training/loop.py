@@ -196,8 +196,6 @@ def _optimizer_and_runner(
     """
     if optimizer is not None or hook is not None or not config.jit_compile:
         opt = _prepare(model, config, optimizer)
-        if hook is not None:
-            hook.on_train_begin(model, opt)
         return opt, _chunk_runner(model, config.jit_compile, hook)
     cache = getattr(model, _STEP_CACHE_ATTR, None)
     if cache is None:
@@ -338,6 +336,8 @@ def train_bpr(
     initial = model.get_weights() if config.refit else None
 
     opt, runner = _optimizer_and_runner(model, config, optimizer, hook)
+    if hook is not None:  # before the loop is traced (at its first call)
+        hook.on_train_begin(model, opt)
     stopper = _EarlyStopping(config.patience, config.min_delta)
     history: list[EvalRecord] = []
     steps = 0
