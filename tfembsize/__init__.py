@@ -18,13 +18,14 @@ from tfembsize import (
 )
 from tfembsize._version import __version__
 from tfembsize.budget import Budget
-from tfembsize.errors import BudgetExceededError, BudgetInfeasibleError
+from tfembsize.errors import BudgetExceededError, BudgetInfeasibleError, TargetMissedError
 from tfembsize.plan import SizePlan
 
 __all__ = [
     "Budget",
     "BudgetExceededError",
     "BudgetInfeasibleError",
+    "TargetMissedError",
     "SizePlan",
     "controllers",
     "data",

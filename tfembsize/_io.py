@@ -270,19 +270,22 @@ class AppendOnlyArrays:
         self.fields = {
             str(k): (tuple(int(s) for s in v[0]), np.dtype(v[1])) for k, v in fields.items()
         }
+        # Storage grows by doubling (appending is amortised O(rows), not a copy of the whole
+        # log per append); rows ``[:self._n]`` are the log.
         self._data = {k: np.zeros((0, *shape), dtype) for k, (shape, dtype) in self.fields.items()}
+        self._n = 0
         # Rows already written, per folder: saving into a new folder writes every row there.
         self._flushed: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return int(next(iter(self._data.values())).shape[0])
+        return self._n
 
     @property
     def arrays(self) -> dict[str, np.ndarray]:
         """The rows held in memory, by field (read-only views)."""
         out = {}
         for k, v in self._data.items():
-            view = v.view()
+            view = v[: self._n].view()
             view.flags.writeable = False
             out[k] = view
         return out
@@ -311,13 +314,20 @@ class AppendOnlyArrays:
             converted[name] = arr
         if len(counts) != 1:
             raise ValueError(f"Every field needs the same number of rows. Received {counts}.")
+        add = counts.pop()
+        need = self._n + add
         for name, arr in converted.items():
-            self._data[name] = np.concatenate([self._data[name], arr])
+            store = self._data[name]
+            if need > store.shape[0]:
+                grown = np.zeros((max(need, 2 * store.shape[0], 16), *store.shape[1:]), store.dtype)
+                grown[: self._n] = store[: self._n]
+                self._data[name] = store = grown
+            store[self._n : need] = arr
+        self._n = need
 
     def truncate(self, length: int) -> None:
         """Keeps the first ``length`` rows (rows already flushed past it are rewritten later)."""
-        for name in self._data:
-            self._data[name] = self._data[name][:length]
+        self._n = min(self._n, max(0, int(length)))
         self._flushed = {d: min(n, length) for d, n in self._flushed.items()}
 
     def flush(self, directory: str | os.PathLike[str]) -> int:
@@ -349,6 +359,7 @@ class AppendOnlyArrays:
         """Replaces the rows in memory by the first ``length`` committed rows in ``directory``."""
         restored = type(self).restore(directory, self.fields, length)
         self._data = restored._data
+        self._n = restored._n
         self._flushed = restored._flushed
 
     @classmethod
@@ -402,5 +413,6 @@ class AppendOnlyArrays:
             position = start + take
         for k in log.fields:
             log._data[k] = np.concatenate(parts[k]).astype(log.fields[k][1], copy=False)
+        log._n = int(length)
         log._flushed = {os.path.realpath(directory): length}
         return log

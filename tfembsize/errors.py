@@ -33,3 +33,7 @@ class StateFileError(ValueError):
 
     The message names the file's path.
     """
+
+
+class TargetMissedError(RuntimeError):
+    """A search found no result within a target's budget (the budget is never relaxed)."""

@@ -12,6 +12,7 @@ from tfembsize.controllers.base import MODES, PHASES, Controller, Decision, Prob
 from tfembsize.controllers.baselines import ES, MR, FrequencyProportional, StaticController
 from tfembsize.controllers.bet import STRATEGIES, Archive, ArchivedAction, BETController
 from tfembsize.controllers.bet_sampler import ActionBatch, BudgetedActionSampler
+from tfembsize.controllers.ciess import NOISE_PLACEMENTS, CIESSArchive, CIESSController
 from tfembsize.controllers.hooks import InTrainingController
 from tfembsize.controllers.pep import (
     PEPCapture,
@@ -43,6 +44,9 @@ __all__ = [
     "STRATEGIES",
     "BudgetedActionSampler",
     "ActionBatch",
+    "CIESSController",
+    "CIESSArchive",
+    "NOISE_PLACEMENTS",
     "InTrainingController",
     "PEPConfig",
     "PEPCapture",

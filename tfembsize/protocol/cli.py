@@ -159,6 +159,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="output directory (default: <results root>/<dataset>_<backbone>)",
     )
+    p.add_argument(
+        "--work-dir",
+        default=None,
+        help="working directories (resumable searches, reference models; default <out>/work)",
+    )
     p.add_argument("--d-max", type=int, default=128)
     p.add_argument("--preset", default=None, help="a tfembsize.models.PRESETS recipe name")
     p.add_argument("--lr", type=float, default=None, help="learning rate (overrides the recipe)")
@@ -258,6 +263,7 @@ def build_config(args: argparse.Namespace, results_root: str | os.PathLike | Non
         data_dir=data_dir,
         label=label,
         method_options=method_options,
+        work_dir=args.work_dir,
     )
 
 

@@ -34,6 +34,9 @@ class ProtocolConfig:
         method_options: settings per method name, handed to the method as
             `MethodContext.options` and written to the results (e.g.
             ``{"bet": {"search_iterations": 50, "num_candidates": 100}}``).
+        work_dir: where the working directories (resumable searches, pretrained reference
+            models, retraining checkpoints) live; default ``<out>/work``. Put it on storage
+            that outlives the process when a run spans several sessions.
     """
 
     dataset: str
@@ -48,6 +51,7 @@ class ProtocolConfig:
     data_dir: str | None = None
     label: str | None = None
     method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    work_dir: str | None = None
 
     @property
     def name(self) -> str:

@@ -47,6 +47,7 @@ BUILTIN_MODULES = (
     "tfembsize.protocol.methods.baselines",  # full, es, mr, frequency
     "tfembsize.protocol.methods.bet",  # bet, bet-random, bet-sizes-only
     "tfembsize.protocol.methods.pep",  # pep
+    "tfembsize.protocol.methods.ciess",  # ciess, ciess-no-walk
 )
 """Modules that register the built-in methods when imported (on the first lookup)."""
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tfembsize import _io
+from tfembsize.errors import TargetMissedError
 from tfembsize.protocol._json import jsonable, plain
 from tfembsize.protocol.cells import CellResult, cell_key, load_cells, run_cell, save_cell
 from tfembsize.protocol.config import ProtocolConfig
@@ -80,6 +81,7 @@ def run_protocol(
 
     out = os.path.abspath(config.out)
     cells_dir = os.path.join(out, "cells")
+    work = os.path.abspath(config.work_dir) if config.work_dir else os.path.join(out, "work")
     os.makedirs(cells_dir, exist_ok=True)
     if split is None:
         from tfembsize.data import load_dataset
@@ -122,8 +124,16 @@ def run_protocol(
         _io.write_json(pop_path, plain(popularity))
 
     finished = load_cells(cells_dir)
+    missed_path = os.path.join(out, "missed.json")
+    missed: dict[str, str] = (
+        dict(_io.read_json(missed_path, what="missed targets"))
+        if os.path.exists(missed_path)
+        else {}
+    )
     todo = [c for c in config.cells() if cell_key(*c) not in finished]
-    report = _write_report(config, finished, popularity, dataset_info, recipe, todo, out, meta)
+    report = _write_report(
+        config, finished, popularity, dataset_info, recipe, todo, out, meta, missed
+    )
     signature = _run_signature(config, dataset_info, recipe)
     sources = [os.fspath(d) for d in reuse_cells_from]
 
@@ -142,13 +152,15 @@ def run_protocol(
         return True
 
     if sources and any([reuse(cell) for cell in list(todo)]):
-        report = _write_report(config, finished, popularity, dataset_info, recipe, todo, out, meta)
+        report = _write_report(
+            config, finished, popularity, dataset_info, recipe, todo, out, meta, missed
+        )
     ran = 0
     for name, sparsity, seed in list(todo):
         key = cell_key(name, sparsity, seed)
         if sources and reuse((name, sparsity, seed)):  # finished meanwhile by the other run
             report = _write_report(
-                config, finished, popularity, dataset_info, recipe, todo, out, meta
+                config, finished, popularity, dataset_info, recipe, todo, out, meta, missed
             )
             continue
         if max_cells is not None and ran >= max_cells:
@@ -162,19 +174,31 @@ def run_protocol(
             sparsity=sparsity,
             seed=seed,
             d_max=config.d_max,
-            directory=os.path.join(out, "work", key),
+            directory=os.path.join(work, key),
             train_config=train_config,
             backbone_builder=lambda s: backbone_builder(split, config.d_max, s),
             train_fn=train_fn,
             verbose=verbose,
             method=name,
             sparsities=tuple(float(x) for x in config.sparsities),
-            root=os.path.join(out, "work"),
+            root=work,
             options=dict(config.method_options.get(name, {})),
         )
         if verbose:
             logger.info("Cell %s: running.", key)
-        cell = run_cell(method, ctx)
+        try:
+            cell = run_cell(method, ctx)
+        except TargetMissedError as e:  # reported, never relaxed; the other cells go on
+            logger.warning("Cell %s: target missed: %s", key, e)
+            missed[key] = str(e)
+            _io.write_json(missed_path, missed)
+            todo.remove((name, sparsity, seed))
+            report = _write_report(
+                config, finished, popularity, dataset_info, recipe, todo, out, meta, missed
+            )
+            continue
+        missed.pop(key, None)
+        _io.write_json(missed_path, missed)
         save_cell(cells_dir, cell)
         # The cell is on disk: its retraining checkpoints are no longer needed.
         shutil.rmtree(os.path.join(ctx.directory, "training"), ignore_errors=True)
@@ -203,7 +227,9 @@ def run_protocol(
                 cell.best_step,
                 cell.retrain_time,
             )
-        report = _write_report(config, finished, popularity, dataset_info, recipe, todo, out, meta)
+        report = _write_report(
+            config, finished, popularity, dataset_info, recipe, todo, out, meta, missed
+        )
     return report
 
 
@@ -262,6 +288,7 @@ def _write_report(
     todo: Sequence[tuple[str, float | None, int]],
     out: str,
     meta: Mapping[str, Any] | None,
+    missed: Mapping[str, str] | None = None,
 ) -> ProtocolReport:
     wanted = {cell_key(*c) for c in config.cells()}
     cells = tuple(c for k, c in sorted(finished.items()) if k in wanted)
@@ -318,9 +345,13 @@ def _write_report(
         "paper": paper,
         "cells": [c.to_dict() for c in cells],
         "pending": [cell_key(*p) for p in todo],
+        "missed": dict(missed or {}),
     }
     _io.write_json(report.json_path, plain(payload))
     md = markdown_report(report)
+    if missed:
+        md += "\nMissed targets (no result within the budget; the budget is not relaxed):\n\n"
+        md += "".join(f"- {k}: {v}\n" for k, v in sorted(missed.items()))
     if meta:
         md += "\n" + "\n".join(
             f"{k}: {v if isinstance(v, str) else json.dumps(v)}" for k, v in meta.items()

@@ -36,6 +36,16 @@ def _decode_float_or(x: Any, default: float) -> float:
     return default if value is None else value
 
 
+PEAK_FLOOR = 1e-5
+"""The smallest per-entity reference quality a ratio divides by (CIESS's ``max(Q, 1e-5)``)."""
+
+
+def _entity_ratio(values: np.ndarray | None, peak: np.ndarray | None) -> np.ndarray | None:
+    if values is None or peak is None or values.shape != peak.shape:
+        return None
+    return np.minimum(values / np.maximum(peak, PEAK_FLOOR), 1.0).astype(np.float32)
+
+
 # Feedback -----------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class Feedback:
@@ -185,6 +195,22 @@ class Feedback:
             return None
         both = np.concatenate([self.user_quality_ratio, self.item_quality_ratio])
         return float(both.astype(np.float64).mean()) if both.size else None
+
+    def with_reference(self, reference: Feedback | None) -> Feedback:
+        """A copy with the ratios to a full-size ``reference`` (None or failed: none).
+
+        ``quality_ratio = quality / reference.quality`` (0 when the reference quality is 0)
+        and, per entity, ``q_n = min(Q_n / max(Q_n_ref, 1e-5), 1)`` where the per-entity
+        arrays have the reference's shape.
+        """
+        ratio = user_ratio = item_ratio = None
+        if reference is not None and reference.ok and self.ok:
+            ratio = self.quality / reference.quality if reference.quality > 0 else 0.0
+            user_ratio = _entity_ratio(self.user_quality, reference.user_quality)
+            item_ratio = _entity_ratio(self.item_quality, reference.item_quality)
+        return self.replace(
+            quality_ratio=ratio, user_quality_ratio=user_ratio, item_quality_ratio=item_ratio
+        )
 
     def replace(self, **changes: Any) -> Feedback:
         """A copy with some fields changed (as `dataclasses.replace`)."""

@@ -75,9 +75,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _STATE_FORMAT = "tfembsize.KerasEnvironment"
-# CIESS (Qu et al., SIGIR 2023) divides by Q_peak = max(Q_n, 1e-5), the full-size model's
-# quality floored so that an entity the reference scores 0 does not divide by zero.
-_PEAK_FLOOR = 1e-5
 
 
 @runtime_checkable
@@ -188,27 +185,12 @@ def feedback_from_ranking(
     quality-ratio feature and reward of CIESS (Qu et al., SIGIR 2023).
     """
     ks = tuple(sorted(getattr(result, "ks", None) or getattr(result, "recall", {}).keys()))
-    quality = float(result.quality)
-    user_q = np.asarray(result.user_quality, np.float32)
-    item_q = np.asarray(result.item_quality, np.float32)
-    ratio = user_ratio = item_ratio = None
-    if reference is not None and reference.ok:
-        ratio = quality / reference.quality if reference.quality > 0 else 0.0
-        if reference.user_quality is not None and reference.user_quality.shape == user_q.shape:
-            peak = np.maximum(reference.user_quality, _PEAK_FLOOR)
-            user_ratio = np.minimum(user_q / peak, 1.0)
-        if reference.item_quality is not None and reference.item_quality.shape == item_q.shape:
-            peak = np.maximum(reference.item_quality, _PEAK_FLOOR)
-            item_ratio = np.minimum(item_q / peak, 1.0)
-    return Feedback(
-        quality=quality,
-        user_quality=user_q,
-        item_quality=item_q,
+    feedback = Feedback(
+        quality=float(result.quality),
+        user_quality=np.asarray(result.user_quality, np.float32),
+        item_quality=np.asarray(result.item_quality, np.float32),
         usable_params=usable_params,
         wall_time=wall_time,
-        quality_ratio=ratio,
-        user_quality_ratio=user_ratio,
-        item_quality_ratio=item_ratio,
         metrics=_ranking_metrics(result, ks),
         mode=mode,
         train_steps=train_steps,
@@ -216,6 +198,7 @@ def feedback_from_ranking(
         loss=loss,
         info=info or {},
     )
+    return feedback.with_reference(reference)
 
 
 def _all_finite(model: Any) -> bool:

@@ -68,11 +68,15 @@ __all__ = [
     "selection_value",
     "choose_winner",
     "retrain_shortlist",
+    "ENTITY_RATIO",
 ]
 
 logger = logging.getLogger(__name__)
 
 _MANIFEST = "retraining.json"
+
+ENTITY_RATIO = "entity_ratio"
+"""The `selection_value` monitor of the mean per-entity quality ratio over users and items."""
 _FORMAT = "tfembsize.Retraining"
 # Manifests written by the protocol's BET method before this module existed: same layout.
 _OLD_FORMATS = ("tfembsize.BETRetraining",)
@@ -307,13 +311,23 @@ def selection_value(feedback: Feedback, monitor: str) -> float:
 
     Args:
         feedback: the candidate's validation feedback after retraining.
-        monitor: ``"quality"`` or a metric of ``feedback.metrics`` (e.g. ``"recall@20"``).
+        monitor: ``"quality"``, ``"entity_ratio"`` (the mean over users and items of the
+            per-entity quality ratios to the full-size model, `Feedback.mean_entity_ratio`;
+            CIESS's rule) or a metric of ``feedback.metrics`` (e.g. ``"recall@20"``).
 
     Raises:
-        ValueError: the feedback has no such metric.
+        ValueError: the feedback has no such metric (or no per-entity ratios).
     """
     if monitor == "quality":
         return float(feedback.quality)
+    if monitor == ENTITY_RATIO:
+        value = feedback.mean_entity_ratio()
+        if value is None:
+            raise ValueError(
+                "monitor='entity_ratio' needs per-entity quality ratios, which come from a "
+                "full-size reference model; this validation feedback has none."
+            )
+        return value
     if monitor not in feedback.metrics:
         raise ValueError(
             f"The validation feedback has no {monitor!r}; it has {sorted(feedback.metrics)}. "

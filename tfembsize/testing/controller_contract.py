@@ -83,7 +83,8 @@ class FakeEnvironment:
     fitness = mean over sides of sum_n w_n * log(1 + d_n) / log(1 + d_max), with
     w_n = (f_n + 1) / sum(f + 1). Concave in each size, weighted by popularity: the best
     allocation gives frequent entities large sizes and rare ones small sizes. ``fail_at``
-    lists step numbers whose feedback is a failed step.
+    lists step numbers whose feedback is a failed step. Per entity, the quality ratio to the
+    full-size model is ``log(1 + d_n) / log(1 + d_max)`` (`entity_ratios`).
     """
 
     def __init__(self, observation: Observation, *, fail_at: tuple[int, ...] = ()) -> None:
@@ -102,6 +103,13 @@ class FakeEnvironment:
             out.append(float((w * np.log1p(d)).sum() / np.log1p(obs.d_max)))
         return float(np.mean(out))
 
+    def entity_ratios(self, plan: SizePlan) -> tuple[np.ndarray, np.ndarray]:
+        """Per-entity quality ratios: ``log(1 + d_n) / log(1 + d_max)`` for users and items."""
+        obs = self.observation
+        users, items = obs.sizes_from_plan(plan)
+        scale = np.log1p(obs.d_max)
+        return np.log1p(users) / scale, np.log1p(items) / scale
+
     def step(self, decision: Decision) -> Feedback:
         """A deterministic `Feedback` for the decision (a failed one at ``fail_at``)."""
         self.modes.append(decision.mode)
@@ -110,9 +118,14 @@ class FakeEnvironment:
         if i in self.fail_at:
             return Feedback.failed("loss became NaN (fake)")
         r = self.fitness(decision.plan)
+        users, items = self.entity_ratios(decision.plan)
         return Feedback(
             quality=0.2 * r,
             quality_ratio=r,
+            user_quality=0.2 * users,
+            item_quality=0.2 * items,
+            user_quality_ratio=users,
+            item_quality_ratio=items,
             metrics={"recall@20": 0.3 * r},
             usable_params=decision.plan.total_params(),
             wall_time=0.0,

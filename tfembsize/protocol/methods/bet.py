@@ -51,11 +51,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tfembsize.plan import SizePlan
-from tfembsize.protocol.context import MethodContext, MethodOutput, Retrained
+from tfembsize.protocol.context import MethodContext, MethodOutput
 from tfembsize.protocol.registry import register_method
+from tfembsize.protocol.selective import retrain_top
 from tfembsize.protocol.settings import setting, settings_from_options
-from tfembsize.search.selection import Retraining, Shortlist, retrain_shortlist, shortlist
+from tfembsize.search.selection import shortlist
 
 __all__ = [
     "BETSettings",
@@ -199,60 +199,6 @@ def _search(ctx: MethodContext, settings: BETSettings, variant: Mapping[str, Any
     return controller, result, env, directory
 
 
-# Selective retraining ---------------------------------------------------------------------
-def _retrain_top_k(
-    ctx: MethodContext, short: Shortlist, directory: str
-) -> tuple[list[dict], int, Retrained]:
-    """Retrains the shortlist under the protocol, resumably; returns (records, best rank, model).
-
-    `tfembsize.search.selection.retrain_shortlist` keeps ``directory/retraining.json`` and the
-    per-candidate files; the winner is the highest validation ``monitor`` of the recipe, ties
-    to the better search rank.
-    """
-
-    def retrain(plan: SizePlan) -> Retraining:
-        retrained = ctx.retrain(plan)
-        return Retraining(
-            validation=retrained.validation,
-            model=retrained.model,
-            details={
-                "usable_params": retrained.usable_params,
-                "num_rows": retrained.num_rows,
-                "best_step": retrained.best_step,
-                "train_steps": retrained.train_steps,
-                "wall_time": retrained.wall_time,
-            },
-        )
-
-    def build(plan: SizePlan) -> Any:
-        model = ctx.build_model()
-        plan.apply(model)
-        return model
-
-    selection = retrain_shortlist(
-        short,
-        retrain,
-        directory,
-        monitor=ctx.train_config.monitor,
-        build=build,
-        label=f"BET c={ctx.sparsity}",
-    )
-    records = [dict(r) for r in selection.records]
-    if selection.winner is None or selection.result is None:
-        raise FloatingPointError("No retrained BET candidate has a finite validation score.")
-    result, d = selection.result, selection.result.details
-    best = Retrained(
-        model=result.model,
-        validation=result.validation,
-        best_step=d["best_step"],
-        train_steps=d["train_steps"],
-        wall_time=d["wall_time"],
-        usable_params=d["usable_params"],
-        num_rows=d["num_rows"],
-    )
-    return records, selection.winner, best
-
-
 # The method ---------------------------------------------------------------------------------
 def bet_method(**variant: Any) -> Callable[[MethodContext], MethodOutput]:
     """The protocol method of BET (``variant``: extra `BETController` arguments, for ablations).
@@ -282,8 +228,12 @@ def bet_method(**variant: Any) -> Callable[[MethodContext], MethodOutput]:
                 f"BET missed c={c:g}: no archived action is within the budget "
                 f"({budget.describe()}); the budget is not relaxed."
             )
-        records, best_rank, best = _retrain_top_k(
-            ctx, short, os.path.join(ctx.directory, "retrain")
+        records, best_rank, best = retrain_top(
+            ctx,
+            short,
+            os.path.join(ctx.directory, "retrain"),
+            monitor=ctx.train_config.monitor,
+            label=f"BET c={ctx.sparsity}",
         )
         reference = env.reference()
         search_time = result.elapsed_by("sparsity", phase="search").get(c, 0.0)
