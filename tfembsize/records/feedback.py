@@ -43,7 +43,8 @@ PEAK_FLOOR = 1e-5
 def _entity_ratio(values: np.ndarray | None, peak: np.ndarray | None) -> np.ndarray | None:
     if values is None or peak is None or values.shape != peak.shape:
         return None
-    return np.minimum(values / np.maximum(peak, PEAK_FLOOR), 1.0).astype(np.float32)
+    ratio: np.ndarray = np.minimum(values / np.maximum(peak, PEAK_FLOOR), 1.0)
+    return ratio.astype(np.float32)
 
 
 # Feedback -----------------------------------------------------------------------------------

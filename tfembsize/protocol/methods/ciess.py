@@ -90,9 +90,11 @@ class CIESSSettings:
     monitor: str = setting("entity_ratio", help="CIESS: retrained winner by this validation value")
 
     def __post_init__(self) -> None:
-        ciess_controller((0.9,), 0, self)  # the controller's checks, with its messages
         if isinstance(self.train_steps, bool) or self.train_steps < 0:
-            raise ValueError(f"`train_steps` must be >= 0. Received: {self.train_steps!r}")
+            raise ValueError(
+                f"`train_steps` must be >= 0 (0: use train_epochs). Received: {self.train_steps!r}"
+            )
+        ciess_controller((0.9,), 0, self)  # the controller's checks, with its messages
 
     def to_dict(self) -> dict:
         """JSON form."""
