@@ -368,10 +368,11 @@ class CIESSController(Controller):
     def _ask(self, observation: Any) -> Decision:
         self._check_consistent()
         if self._steps < self.search_steps:
-            if observation.iteration == 0 and observation.reference is None:
-                logger.info(
-                    "The observation has no full-size reference; CIESS needs the per-entity "
-                    "quality ratios of each step's feedback."
+            if self._steps == 0 and observation.reference is None:
+                logger.warning(
+                    "The observation has no full-size reference: CIESS needs per-entity quality "
+                    "ratios in every feedback (an environment with a full-size reference model, "
+                    "e.g. KerasEnvironment(reference=True))."
                 )
             return self._ask_search()
         c = self._active_retraining()
