@@ -38,6 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command, machine, now, spearman, write_results  # noqa: E402
 
 
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
 def _median(values: list[float | None]) -> float | None:
     kept = [v for v in values if v is not None]
     return statistics.median(kept) if kept else None
@@ -132,20 +136,21 @@ def main(argv: list[str] | None = None) -> None:
         "| signal | users | items |",
         "| --- | --- | --- |",
         "| own size vs own q (Spearman within a step, median over steps) | "
-        f"{out['own_size_spearman_median']['user']} | {out['own_size_spearman_median']['item']} |",
+        f"{_fmt(out['own_size_spearman_median']['user'])} | "
+        f"{_fmt(out['own_size_spearman_median']['item'])} |",
         "| the same within 20 frequency-quantile bins (popularity held about fixed) | "
-        f"{out['own_size_spearman_within_popularity_bins_median']['user']} | "
-        f"{out['own_size_spearman_within_popularity_bins_median']['item']} |",
+        f"{_fmt(out['own_size_spearman_within_popularity_bins_median']['user'])} | "
+        f"{_fmt(out['own_size_spearman_within_popularity_bins_median']['item'])} |",
         "| the same at each episode's first iteration (every state equal but popularity, so "
         "sizes differ by the walk alone: the causal own-size effect) | "
-        f"{out['own_size_spearman_first_iterations_median']['user']} | "
-        f"{out['own_size_spearman_first_iterations_median']['item']} |",
+        f"{_fmt(out['own_size_spearman_first_iterations_median']['user'])} | "
+        f"{_fmt(out['own_size_spearman_first_iterations_median']['item'])} |",
         "| critic's preferred size at the median state | "
         f"{slope['user']['argmax_size']} | {slope['item']['argmax_size']} |",
         f"| TD3 updates | {slope['user']['updates']} | {slope['item']['updates']} |",
         "",
-        f"Across steps: Spearman(density, mean q) = {out['density_vs_mean_q_spearman']}, "
-        f"Spearman(shared noise, mean q) = {out['noise_vs_mean_q_spearman']}.",
+        f"Across steps: Spearman(density, mean q) = {_fmt(out['density_vs_mean_q_spearman'])}, "
+        f"Spearman(shared noise, mean q) = {_fmt(out['noise_vs_mean_q_spearman'])}.",
     ]
     write_results(args.name, out, "\n".join(lines) + "\n")
 

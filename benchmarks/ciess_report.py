@@ -216,6 +216,17 @@ def main(argv: list[str] | None = None) -> None:
             f"| {c:.0%} | {cm} | {es_t} | {mr_t} | {'—' if r is None else f'{r:.3f}'} | "
             f"{band_t} | {'—' if pr is None else f'{pr:.3f}'} |"
         )
+    ratio = out.get("search_vs_full_train_ratio")
+    if ratio is not None:
+        lines += ["", f"Search wall time / one full training of the backbone: {ratio:.1f}."]
+    top = out.get("top_l_spearman_search_vs_retrained")
+    if top:
+        lines += [
+            "",
+            "Spearman(search score, retrained validation value) over the top l masks: "
+            + ", ".join(f"c={k}: {v}" for k, v in top.items())
+            + " (3 points each: indicative only).",
+        ]
     if out["missed"]:
         lines += ["", "Missed targets:", ""] + [f"- {k}: {v}" for k, v in out["missed"].items()]
     if "archive" in out:
