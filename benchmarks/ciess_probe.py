@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import command, machine, now, write_results  # noqa: E402
+from common import command, machine, now, protocol_context, write_results  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,33 +47,18 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    from tfembsize.data import load_dataset
-    from tfembsize.metrics import RankingEvaluator
-    from tfembsize.models import train_bpr
-    from tfembsize.protocol.backbones import default_train_config, get_backbone
-    from tfembsize.protocol.context import MethodContext
     from tfembsize.protocol.methods.ciess import search_config
 
-    split = load_dataset(args.dataset).split(0.5, 0.25, 0.25, seed=42)
-    recipe = default_train_config(args.backbone, split)
-    if args.jit_compile:
-        recipe = recipe.replace(jit_compile=True)
-    builder = get_backbone(args.backbone)
-    ctx = MethodContext(
-        dataset=args.dataset,
-        backbone=args.backbone,
-        split=split,
-        evaluator=RankingEvaluator(split, ks=(5, 10, 20)),
-        sparsity=None,
+    ctx = protocol_context(
+        args.dataset,
+        args.backbone,
+        args.work_dir,
+        os.path.join(args.work_dir, "ciess_probe"),
         seed=args.seed,
-        d_max=128,
-        directory=os.path.join(args.work_dir, "ciess_probe"),
-        train_config=recipe,
-        backbone_builder=lambda s: builder(split, 128, s),
-        train_fn=train_bpr,
         method="ciess",
-        root=args.work_dir,
+        jit_compile=args.jit_compile,
     )
+    recipe = ctx.train_config
     env = ctx.environment(train_config=search_config(recipe))
     obs = env.observation()  # the reference (pretrained once per seed, shared)
     log = Path(args.work_dir, f"ciess_probe_{args.epochs:g}ep.jsonl")

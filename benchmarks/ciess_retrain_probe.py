@@ -30,7 +30,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import command, machine, now, spearman, write_results  # noqa: E402
+from common import (  # noqa: E402
+    command,
+    machine,
+    now,
+    protocol_context,
+    spearman,
+    write_results,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,11 +57,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     from tfembsize.controllers import CIESSController
-    from tfembsize.data import load_dataset
-    from tfembsize.metrics import RankingEvaluator
-    from tfembsize.models import train_bpr
-    from tfembsize.protocol.backbones import default_train_config, get_backbone
-    from tfembsize.protocol.context import MethodContext
     from tfembsize.protocol.selective import retrain_top
     from tfembsize.search.selection import shortlist
 
@@ -69,30 +71,19 @@ def main(argv: list[str] | None = None) -> None:
     budget = controller.problem.budget(c)
     short = shortlist(chosen, len(chosen), budget)  # each asserted within B(c)
 
-    split = load_dataset(args.dataset).split(0.5, 0.25, 0.25, seed=42)
-    recipe = default_train_config(args.backbone, split)
-    changes = {"jit_compile": True} if args.jit_compile else {}
-    if args.eval_every:
-        changes["eval_every"] = args.eval_every
-    if args.patience:
-        changes["patience"] = args.patience
-    recipe = recipe.replace(**changes) if changes else recipe
-    builder = get_backbone(args.backbone)
-    ctx = MethodContext(
-        dataset=args.dataset,
-        backbone=args.backbone,
-        split=split,
-        evaluator=RankingEvaluator(split, ks=(5, 10, 20)),
+    ctx = protocol_context(
+        args.dataset,
+        args.backbone,
+        args.work_dir,
+        os.path.join(args.work_dir, f"retrain_probe_c{c:g}"),
         sparsity=c,
         seed=args.seed,
-        d_max=128,
-        directory=os.path.join(args.work_dir, f"retrain_probe_c{c:g}"),
-        train_config=recipe,
-        backbone_builder=lambda s: builder(split, 128, s),
-        train_fn=train_bpr,
         method="ciess",
-        root=args.work_dir,
+        jit_compile=args.jit_compile,
+        eval_every=args.eval_every,
+        patience=args.patience,
     )
+    recipe = ctx.train_config
     reference = ctx.environment().reference()
     records, _, _ = retrain_top(
         ctx,

@@ -96,3 +96,58 @@ def diagnostics_stem(dataset: str, backbone: str) -> Path:
 def median_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
     """Median of per-round ratios ``num/den`` (paired, robust to drifting load)."""
     return statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
+
+
+def protocol_context(
+    dataset: str,
+    backbone: str,
+    work_dir: str,
+    directory: str,
+    *,
+    sparsity: float | None = None,
+    seed: int = 0,
+    method: str = "",
+    jit_compile: bool = False,
+    **recipe_changes: Any,
+) -> Any:
+    """A `tfembsize.protocol.context.MethodContext` on the protocol's split and default recipe.
+
+    Args:
+        dataset: a named dataset (50/25/25 split, seed 42, as the protocol).
+        backbone: a registered backbone.
+        work_dir: the protocol run's work folder (its pretrained reference is reused).
+        directory: the context's own working folder.
+        sparsity: the target sparsity, if any.
+        seed: the cell's seed.
+        method: the method name (for `MethodContext.shared_directory`).
+        jit_compile: compile training steps with XLA (does not change the recipe).
+        **recipe_changes: fields of the recipe to change (None values are ignored).
+    """
+    from tfembsize.data import load_dataset
+    from tfembsize.metrics import RankingEvaluator
+    from tfembsize.models import train_bpr
+    from tfembsize.protocol.backbones import default_train_config, get_backbone
+    from tfembsize.protocol.context import MethodContext
+
+    split = load_dataset(dataset).split(0.5, 0.25, 0.25, seed=42)
+    changes = {k: v for k, v in recipe_changes.items() if v is not None}
+    if jit_compile:
+        changes["jit_compile"] = True
+    recipe = default_train_config(backbone, split)
+    recipe = recipe.replace(**changes) if changes else recipe
+    builder = get_backbone(backbone)
+    return MethodContext(
+        dataset=dataset,
+        backbone=backbone,
+        split=split,
+        evaluator=RankingEvaluator(split, ks=(5, 10, 20)),
+        sparsity=sparsity,
+        seed=seed,
+        d_max=128,
+        directory=directory,
+        train_config=recipe,
+        backbone_builder=lambda s: builder(split, 128, s),
+        train_fn=train_bpr,
+        method=method,
+        root=work_dir,
+    )
