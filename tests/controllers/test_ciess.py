@@ -86,6 +86,23 @@ def test_shared_noise_shifts_every_entity_alike_per_entity_noise_does_not():
             assert len(set(users.tolist())) > 5
 
 
+def test_ou_noise_is_shared_and_restarts_every_episode():
+    obs = make_observation(d_max=64)
+    c = small(noise_distribution="ou", episodes=2, iterations=2)
+    assert c.noise_std == 40.0 and c.get_config()["noise_distribution"] == "ou"
+    env = FakeEnvironment(obs)
+    first, second = (d.info["noise"] for d, _ in drive(c, env, steps=2))
+    gen = _copy(c._gen)
+    third = c.ask(obs).info["noise"]  # episode 1, iteration 0
+    # Episode 0 steps the process twice from 0; episode 1 starts from 0 again.
+    assert second != pytest.approx(first)
+    assert third == pytest.approx(40.0 * 0.01**0.5 * gen.normal())
+    with pytest.raises(ValueError, match="noise='shared' with noise_distribution='ou'"):
+        CIESSController(0.5, noise="per_entity", noise_distribution="ou")
+    # The default distribution is left out of the config (states saved before it restore).
+    assert "noise_distribution" not in small().get_config()
+
+
 def test_transitions_rewards_and_episode_reset_by_hand():
     obs = make_observation(d_max=32)
     env = FakeEnvironment(obs)

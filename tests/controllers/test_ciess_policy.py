@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tfembsize.controllers.ciess_policy import (
+    ExplorationNoise,
     popularity_feature,
     random_walk,
     reward,
@@ -94,3 +95,25 @@ def test_reward_ratio_and_raw_by_hand():
     np.testing.assert_allclose(raw, [0.2, 0.1 - 0.01 * 0.25], rtol=1e-6)
     with pytest.raises(ValueError, match="`quality_kind` must be one of"):
         reward([0.1], [1], d_max=8, weight=0.1, quality_kind="log")
+
+
+def test_exploration_noises():
+    rng = np.random.default_rng(3)
+    g = ExplorationNoise("gaussian", 6.0).draw(50_000, rng)
+    assert abs(g.mean()) < 0.1 and g.std() == pytest.approx(6.0, rel=0.02)
+    u = ExplorationNoise("uniform", 11 / 3**0.5).draw(50_000, rng)
+    assert np.abs(u).max() <= 11.0 and u.std() == pytest.approx(11 / 3**0.5, rel=0.02)
+    # OU by hand: x1 = 0 - 0.15 * 0 * 0.01 + 40 * 0.1 * z1, x2 = x1 (1 - 0.0015) + 4 z2.
+    ou = ExplorationNoise("ou", 40.0)
+    z = np.random.default_rng(9).normal(size=2)
+    rng = np.random.default_rng(9)
+    x1 = ou.step(rng)
+    x2 = ou.step(rng)
+    assert x1 == pytest.approx(4.0 * z[0])
+    assert x2 == pytest.approx(x1 * (1 - 0.15 * 0.01) + 4.0 * z[1])
+    ou.reset()
+    assert ou.value == 0.0
+    with pytest.raises(ValueError, match="one value per iteration"):
+        ou.draw(3, rng)
+    with pytest.raises(ValueError, match="`distribution` must be one of"):
+        ExplorationNoise("pink", 1.0)

@@ -23,8 +23,11 @@ from tfembsize.controllers.ciess_archive import (
     archived_candidates,
 )
 from tfembsize.controllers.ciess_policy import (
+    DEFAULT_NOISE_STD,
+    NOISE_DISTRIBUTIONS,
     REWARD_QUALITIES,
     WALK_WEIGHTINGS,
+    ExplorationNoise,
     popularity_feature,
     random_walk,
     reward,
@@ -41,7 +44,7 @@ from tfembsize.search.selection import (
     shortlist,
 )
 
-__all__ = ["CIESSController", "CIESSArchive", "NOISE_PLACEMENTS"]
+__all__ = ["CIESSController", "CIESSArchive", "NOISE_PLACEMENTS", "NOISE_DISTRIBUTIONS"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +101,11 @@ class CIESSController(Controller):
         walk_weighting: ``"inverse"`` (hop weights proportional to 1/|change|, the authors'
             code) or ``"distance"`` (proportional to |change|, the paper).
         noise: ``"shared"`` or ``"per_entity"`` (see `NOISE_PLACEMENTS`).
-        noise_std: sigma of the exploration noise, in size units (6).
+        noise_std: standard deviation of one exploration draw in size units (Gaussian and
+            uniform), or the sigma of the Ornstein-Uhlenbeck process (None: 6 for Gaussian,
+            11 / sqrt(3) for uniform, i.e. U(-11, 11), and 40 for OU, the CIESS paper's).
+        noise_distribution: ``"gaussian"``, ``"uniform"`` or ``"ou"`` (see
+            `NOISE_DISTRIBUTIONS`).
         batch_size: TD3 minibatch, drawn uniformly with replacement (4096).
         updates_per_iteration: G, TD3 updates per agent after each iteration (1).
         buffer_per_entity: replay capacity per entity of the side (100).
@@ -155,7 +162,8 @@ class CIESSController(Controller):
         walk_radius: int = 5,
         walk_weighting: str = "inverse",
         noise: str = "shared",
-        noise_std: float = 6.0,
+        noise_std: float | None = None,
+        noise_distribution: str = "gaussian",
         batch_size: int = 4096,
         updates_per_iteration: int = 1,
         buffer_per_entity: int = 100,
@@ -200,7 +208,22 @@ class CIESSController(Controller):
         if noise not in NOISE_PLACEMENTS:
             raise ValueError(f"`noise` must be one of {NOISE_PLACEMENTS}. Received: {noise!r}")
         self.noise = noise
-        self.noise_std = positive_float("noise_std", noise_std, allow_zero=True)
+        if noise_distribution not in NOISE_DISTRIBUTIONS:
+            raise ValueError(
+                f"`noise_distribution` must be one of {NOISE_DISTRIBUTIONS}. Received: "
+                f"noise_distribution={noise_distribution!r}"
+            )
+        if noise_distribution == "ou" and noise == "per_entity":
+            raise ValueError(
+                "An Ornstein-Uhlenbeck noise is one process stepped per iteration: use "
+                "noise='shared' with noise_distribution='ou'. Received: noise='per_entity'"
+            )
+        self.noise_distribution = noise_distribution
+        self.noise_std = (
+            DEFAULT_NOISE_STD[noise_distribution]
+            if noise_std is None
+            else positive_float("noise_std", noise_std, allow_zero=True)
+        )
         self.batch_size = positive_int("batch_size", batch_size)
         self.updates_per_iteration = positive_int("updates_per_iteration", updates_per_iteration)
         self.buffer_per_entity = positive_int("buffer_per_entity", buffer_per_entity)
@@ -238,6 +261,7 @@ class CIESSController(Controller):
         self._sizes: dict[str, np.ndarray] = {}  # current sizes (within the episode)
         self._ratios: dict[str, np.ndarray] = {}  # current quality ratios
         self._chosen: dict[str, Any] | None = None
+        self._noise = ExplorationNoise(self.noise_distribution, self.noise_std)
         self._expected_rows: dict[str, int] | None = None  # buffer/archive rows of the state
 
     def get_config(self) -> dict:
@@ -255,6 +279,12 @@ class CIESSController(Controller):
             "walk_weighting": self.walk_weighting,
             "noise": self.noise,
             "noise_std": self.noise_std,
+            # Listed only when not the default, so states saved before it existed restore.
+            **(
+                {"noise_distribution": self.noise_distribution}
+                if self.noise_distribution != "gaussian"
+                else {}
+            ),
             "batch_size": self.batch_size,
             "updates_per_iteration": self.updates_per_iteration,
             "buffer_per_entity": self.buffer_per_entity,
@@ -401,7 +431,7 @@ class CIESSController(Controller):
         agent, d_max = self._agents[side], self._known_problem().d_max
         proposal = agent.act(states).astype(np.float64)
         if self.noise == "per_entity":
-            proposal = proposal + self._gen.normal(0.0, self.noise_std, proposal.size)
+            proposal = proposal + self._noise.draw(proposal.size, self._gen)
         start = np.clip(np.rint(proposal), 1, d_max).astype(np.int64)
         walk = random_walk(
             start,
@@ -432,7 +462,11 @@ class CIESSController(Controller):
         p = self._known_problem()
         episode, it = self._position()
         states, sizes = {}, {}
-        shared = float(self._gen.normal(0.0, self.noise_std)) if self.noise == "shared" else None
+        shared = None
+        if self.noise == "shared":
+            if it == 0:  # an Ornstein-Uhlenbeck process restarts with every episode
+                self._noise.reset()
+            shared = self._noise.step(self._gen)
         for side in _SIDES:
             if it == 0:  # an episode starts from full size and full quality
                 current = np.full_like(self._sizes[side], p.d_max), np.ones_like(self._ratios[side])
@@ -604,6 +638,7 @@ class CIESSController(Controller):
             "retrain_values": {f"{c!r}": list(v) for c, v in self._retrain_values.items()},
             "rng": generator_state(self._gen),
             "rows": rows,
+            "ou": self._noise.value,
         }
 
     def _set_state(self, state: Mapping[str, Any]) -> None:
@@ -616,6 +651,7 @@ class CIESSController(Controller):
             c: [None if v is None else float(v) for v in saved[f"{c!r}"]] for c in self.sparsities
         }
         set_generator_state(self._gen, state["rng"])
+        self._noise.value = float(state.get("ou", 0.0))
         self._expected_rows = None if state.get("rows") is None else dict(state["rows"])
         self._chosen = None
 

@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "DEFAULT_NOISE_STD",
+    "ExplorationNoise",
+    "NOISE_DISTRIBUTIONS",
     "WALK_WEIGHTINGS",
     "REWARD_QUALITIES",
     "popularity_feature",
@@ -162,3 +165,65 @@ def reward(
         d = d - 1.0
     cost = float(weight) * (d / float(d_max)) ** 2
     return (np.asarray(quality, np.float64) - cost).astype(np.float32)
+
+
+NOISE_DISTRIBUTIONS = ("gaussian", "uniform", "ou")
+"""Exploration noise distributions: ``"gaussian"`` (the default), ``"uniform"`` (with the same
+standard deviation) or ``"ou"`` (an Ornstein-Uhlenbeck process stepped once per iteration)."""
+
+DEFAULT_NOISE_STD = {"gaussian": 6.0, "uniform": 11.0 / 3.0**0.5, "ou": 40.0}
+"""The CIESS paper's noises: N(0, 6), U(-11, 11) and an OU process with sigma 40."""
+
+
+class ExplorationNoise:
+    """CIESS's exploration noise, in size units.
+
+    ``"gaussian"`` and ``"uniform"`` draws are independent with mean 0 and standard deviation
+    ``std`` (uniform on ``[-std sqrt(3), std sqrt(3)]``). ``"ou"`` is an Ornstein-Uhlenbeck
+    process ``x <- x - theta x dt + std sqrt(dt) N(0, 1)`` (theta 0.15, dt 0.01) stepped once
+    per `step` call and restarted at 0 by `reset`; it has one value per iteration, so it can
+    only be shared by every entity.
+
+    Args:
+        distribution: one of `NOISE_DISTRIBUTIONS`.
+        std: the standard deviation (the OU process's sigma).
+
+    Example:
+        >>> noise = ExplorationNoise("uniform", 1.0)
+        >>> draws = noise.draw(10_000, np.random.default_rng(0))
+        >>> bool(abs(draws.std() - 1.0) < 0.02 and np.abs(draws).max() <= 3.0**0.5)
+        True
+    """
+
+    theta = 0.15
+    dt = 0.01
+
+    def __init__(self, distribution: str, std: float) -> None:
+        if distribution not in NOISE_DISTRIBUTIONS:
+            raise ValueError(
+                f"`distribution` must be one of {NOISE_DISTRIBUTIONS}. Received: {distribution!r}"
+            )
+        self.distribution = distribution
+        self.std = float(std)
+        self.value = 0.0  # the OU process's current value
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` independent draws (Gaussian or uniform; not for the OU process)."""
+        if self.distribution == "ou":
+            raise ValueError("An Ornstein-Uhlenbeck noise has one value per iteration: use step.")
+        if self.distribution == "uniform":
+            half = self.std * 3.0**0.5
+            return rng.uniform(-half, half, n)
+        return rng.normal(0.0, self.std, n)
+
+    def reset(self) -> None:
+        """Restarts the OU process at 0 (no effect on the other distributions)."""
+        self.value = 0.0
+
+    def step(self, rng: np.random.Generator) -> float:
+        """The noise of one iteration: a new draw, or the OU process moved one step."""
+        if self.distribution != "ou":
+            return float(self.draw(1, rng)[0])
+        shock = float(rng.normal())
+        self.value += -self.theta * self.value * self.dt + self.std * self.dt**0.5 * shock
+        return self.value

@@ -73,6 +73,8 @@ class CIESSSettings:
         walk_length: L, hops of the random walk (0: no walk).
         walk_weighting: ``"inverse"`` (code) or ``"distance"`` (paper).
         noise: ``"shared"`` (code) or ``"per_entity"`` (paper).
+        noise_distribution: ``"gaussian"`` (default), ``"uniform"`` or ``"ou"`` (the paper's
+            ablation noises).
         top_k: l, masks retrained from scratch per sparsity.
         monitor: what the retrained winner is chosen by.
     """
@@ -86,6 +88,9 @@ class CIESSSettings:
     walk_length: int = setting(5, help="CIESS: L, random-walk hops (0: off)")
     walk_weighting: str = setting("inverse", help="CIESS: hop weights, 'inverse' or 'distance'")
     noise: str = setting("shared", help="CIESS: exploration noise, 'shared' or 'per_entity'")
+    noise_distribution: str = setting(
+        "gaussian", help="CIESS: noise distribution, 'gaussian', 'uniform' or 'ou'"
+    )
     top_k: int = setting(3, help="CIESS: l, masks retrained from scratch per sparsity")
     monitor: str = setting("entity_ratio", help="CIESS: retrained winner by this validation value")
 
@@ -117,6 +122,7 @@ def ciess_controller(
         "walk_length": settings.walk_length,
         "walk_weighting": settings.walk_weighting,
         "noise": settings.noise,
+        "noise_distribution": settings.noise_distribution,
         "top_k": settings.top_k,
         "monitor": settings.monitor,
     }
