@@ -2,6 +2,7 @@
 
 from tfembsize.layers.budgeted_embedding import BudgetedEmbedding
 from tfembsize.layers.compressed_embedding import CompressedEmbedding
+from tfembsize.layers.ladder_embedding import LadderEmbedding
 from tfembsize.layers.masked_embedding import MaskedEmbedding
 from tfembsize.layers.pep_embedding import PEPEmbedding, find_pep_layers
 from tfembsize.layers.utils import (
@@ -15,6 +16,7 @@ __all__ = [
     "BudgetedEmbedding",
     "PEPEmbedding",
     "CompressedEmbedding",
+    "LadderEmbedding",
     "find_searchable_layers",
     "find_pep_layers",
     "check_ids_in_range",
