@@ -12,8 +12,6 @@ import numpy as np
 
 __all__ = [
     "generator_state",
-    "positive_float",
-    "positive_int",
     "set_generator_state",
     "sparsity_key",
     "uniform_size",
@@ -82,20 +80,3 @@ def set_generator_state(rng: np.random.Generator, state: Mapping[str, Any]) -> N
             f"{type(rng.bit_generator).__name__}."
         )
     rng.bit_generator.state = dict(state)
-
-
-def positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """An integer >= ``minimum`` (named ``name`` in the error), as ``int``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"`{name}` must be {kind}. Received: {name}={value!r}")
-    return int(value)
-
-
-def positive_float(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    """A number > 0 (or >= 0 with ``allow_zero``), as ``float``."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if not ok or not (float(value) >= 0.0 if allow_zero else float(value) > 0.0):
-        kind = "a number >= 0" if allow_zero else "a positive number"
-        raise ValueError(f"`{name}` must be {kind}. Received: {name}={value!r}")
-    return float(value)

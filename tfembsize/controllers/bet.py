@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from tfembsize._checks import positive_int
 from tfembsize._io import AppendOnlyArrays
 from tfembsize.controllers._common import generator_state, set_generator_state, sparsity_key
 from tfembsize.controllers.base import Controller, Decision, fitness_of
@@ -139,8 +140,7 @@ class BETController(Controller):
             ("top_k", top_k),
             ("surrogate_updates", surrogate_updates),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"`{arg}` must be a positive integer. Received: {arg}={value!r}")
+            positive_int(arg, value)
         if finetune_steps is not None and (
             isinstance(finetune_steps, bool)
             or not isinstance(finetune_steps, (int, np.integer))

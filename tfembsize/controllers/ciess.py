@@ -8,13 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from tfembsize._checks import positive_float, positive_int
 from tfembsize._io import AppendOnlyArrays
-from tfembsize.controllers._common import (
-    generator_state,
-    positive_float,
-    positive_int,
-    set_generator_state,
-)
+from tfembsize.controllers._common import generator_state, set_generator_state
 from tfembsize.controllers.base import Controller, Decision
 from tfembsize.controllers.ciess_archive import (
     CIESSArchive,
@@ -335,11 +331,6 @@ class CIESSController(Controller):
         self._archive = AppendOnlyArrays(archive_fields(p.num_users, p.num_items, p.d_max))
         self._digest = p.digest
 
-    def _full_params(self) -> int:
-        """Parameters of the full tables (every row at d_max), the denominator of density."""
-        p = self._known_problem()
-        return max(p.num_rows * p.d_max, 1)
-
     def agent(self, side: str) -> TD3Agent:
         """The TD3 agent of ``side`` (``"user"`` or ``"item"``), after the first ask or restore."""
         if side not in _SIDES:
@@ -371,9 +362,9 @@ class CIESSController(Controller):
     def _is_done(self) -> bool:
         if self._steps < self.search_steps:
             return False
-        if not self.retrain or self._problem is None or self._archive is None:
-            return not self.retrain
-        return self._active_retraining() is None
+        if not self.retrain:
+            return True
+        return self._archive is not None and self._active_retraining() is None
 
     def _total_steps(self) -> int:
         return self.search_steps + (self.top_k * len(self.sparsities) if self.retrain else 0)
@@ -491,7 +482,7 @@ class CIESSController(Controller):
                 "method": self.name,
                 "episode": episode,
                 "iteration": it,
-                "density": params / (self._full_params()),
+                "density": params / p.full_params,
                 "noise": shared,
                 "mean_user_size": float(sizes["user"].mean()) if sizes["user"].size else 0.0,
                 "mean_item_size": float(sizes["item"].mean()) if sizes["item"].size else 0.0,
@@ -511,20 +502,19 @@ class CIESSController(Controller):
                 self._metrics = {f"{c:g}/retrain_value": value}
             return
         episode, it = self._position()
-        self._steps += 1
-        if not feedback.ok:
-            self._failed += 1
-            self._metrics = {"failed_steps": float(self._failed)}
-            return
         ratios = {"user": feedback.user_quality_ratio, "item": feedback.item_quality_ratio}
-        if ratios["user"] is None or ratios["item"] is None:
-            self._steps -= 1
+        if feedback.ok and (ratios["user"] is None or ratios["item"] is None):
             raise ValueError(
                 "CIESS needs per-entity quality ratios in every feedback (user_quality_ratio "
                 "and item_quality_ratio, relative to a full-size reference model); this "
                 "feedback has none. Use an environment with a reference (KerasEnvironment "
                 "with reference=True)."
             )
+        self._steps += 1
+        if not feedback.ok:
+            self._failed += 1
+            self._metrics = {"failed_steps": float(self._failed)}
+            return
         raw = {"user": feedback.user_quality, "item": feedback.item_quality}
         p = self._known_problem()
         metrics: dict[str, float] = {}
@@ -568,7 +558,7 @@ class CIESSController(Controller):
         )
         self._expected_rows = None
         metrics.update(
-            density=chosen["params"] / (self._full_params()),
+            density=chosen["params"] / p.full_params,
             mean_ratio=float(mean_ratio or 0.0),
             quality=float(feedback.quality),
             episode=float(episode),
@@ -580,7 +570,7 @@ class CIESSController(Controller):
         """Every mask evaluated so far (copies; empty before the first successful step)."""
         if self._archive is None:
             raise RuntimeError("The archive is built at the first ask (or by restore).")
-        return archive_view(self._archive, self._full_params())
+        return archive_view(self._archive, self._known_problem().full_params)
 
     def candidates(self, sparsity: float, limit: int | None = None) -> list[Candidate]:
         """Archived masks within ``B(sparsity)``, best search score first, without duplicates.

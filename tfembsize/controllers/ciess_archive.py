@@ -69,7 +69,7 @@ def archive_view(log: AppendOnlyArrays, full_params: int) -> CIESSArchive:
         user_sizes=a["user_sizes"].astype(np.int32),
         item_sizes=a["item_sizes"].astype(np.int32),
         params=a["params"],
-        density=a["params"] / max(int(full_params), 1),
+        density=a["params"] / full_params,
         mean_ratio=a["mean_ratio"],
         quality=a["quality"],
         user_reward=a["user_reward"],
@@ -110,7 +110,6 @@ def archived_candidates(
             kept.append(i)
         if limit is not None and len(kept) >= limit:
             break
-    full = max(problem.num_rows * problem.d_max, 1)
     return [
         Candidate(
             plan=problem.plan_from_sizes(a["user_sizes"][i], a["item_sizes"][i]),
@@ -119,7 +118,7 @@ def archived_candidates(
                 "archive_index": i,
                 "episode": int(a["episode"][i]),
                 "step": int(a["step"][i]),
-                "density": float(a["params"][i]) / full,
+                "density": float(a["params"][i]) / problem.full_params,
                 "quality": float(a["quality"][i]),
             },
         )

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfembsize._checks import positive_int
 from tfembsize.data.interactions import Interactions
 
 __all__ = ["BPRSampler", "bpr_dataset"]
@@ -15,12 +16,6 @@ __all__ = ["BPRSampler", "bpr_dataset"]
 logger = logging.getLogger(__name__)
 
 _STATE_FORMAT = "tfembsize.BPRSampler/1"
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return int(value)
 
 
 def _check_seed(seed: Any) -> int:
@@ -138,7 +133,7 @@ class BPRSampler:
         """
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"`step` must be a non-negative integer. Received: step={step!r}")
-        batch_size = _check_positive_int("batch_size", batch_size)
+        batch_size = positive_int("batch_size", batch_size)
         rng = np.random.default_rng(np.random.SeedSequence(self._seed, spawn_key=(int(step),)))
         n = self._eligible.size
         replace = self._replace if self._replace is not None else batch_size > n
@@ -255,9 +250,9 @@ def bpr_dataset(
         >>> ds = bpr_dataset(split.train, batch_size=2048, seed=0)  # doctest: +SKIP
         >>> model.fit(ds, steps_per_epoch=400, epochs=10)  # doctest: +SKIP
     """
-    batch_size = _check_positive_int("batch_size", batch_size)
+    batch_size = positive_int("batch_size", batch_size)
     if num_steps is not None:
-        num_steps = _check_positive_int("num_steps", num_steps)
+        num_steps = positive_int("num_steps", num_steps)
     if (
         isinstance(start_step, bool)
         or not isinstance(start_step, (int, np.integer))

@@ -197,8 +197,8 @@ def run_protocol(
                 config, finished, popularity, dataset_info, recipe, todo, out, meta, missed
             )
             continue
-        missed.pop(key, None)
-        _io.write_json(missed_path, missed)
+        if missed.pop(key, None) is not None:  # met now (e.g. rerun with a longer search)
+            _io.write_json(missed_path, missed)
         save_cell(cells_dir, cell)
         # The cell is on disk: its retraining checkpoints are no longer needed.
         shutil.rmtree(os.path.join(ctx.directory, "training"), ignore_errors=True)

@@ -139,6 +139,14 @@ class _TableLayout:
         users, items = self._counts()
         return len(self.user_tables) * users + len(self.item_tables) * items
 
+    @property
+    def full_params(self) -> int:
+        """Parameters of the full tables (every row at ``d_max``): the denominator of density.
+
+        At least 1, so that a density never divides by zero (tables without rows).
+        """
+        return max(self.num_rows * self.d_max, 1)
+
     def budget(self, sparsity: float) -> Budget:
         """The budget for ``sparsity`` at this ``d_max``."""
         return Budget(sparsity=sparsity, d_max=self.d_max)

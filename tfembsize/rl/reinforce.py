@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfembsize._batch_norm import batch_norm
+from tfembsize._checks import positive_int
 from tfembsize._keras import keras
 
 __all__ = ["ReinforcePolicy", "ReinforceUpdate", "ReinforceUpdateTensors", "KEEP", "GROW"]
@@ -64,12 +65,6 @@ class ReinforceUpdateTensors(NamedTuple):
     mean_reward: tf.Tensor
     samples: tf.Tensor
     grow_fraction: tf.Tensor
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return int(value)
 
 
 def _is_number(value: Any) -> bool:
@@ -202,10 +197,10 @@ class ReinforcePolicy:
         epsilon: float = 1e-3,
         seed: int = 0,
     ) -> None:
-        self.num_rungs = _positive_int("num_rungs", num_rungs)
-        self.count_buckets = _positive_int("count_buckets", count_buckets)
-        self.embedding_dim = _positive_int("embedding_dim", embedding_dim)
-        self.hidden = _positive_int("hidden", hidden)
+        self.num_rungs = positive_int("num_rungs", num_rungs)
+        self.count_buckets = positive_int("count_buckets", count_buckets)
+        self.embedding_dim = positive_int("embedding_dim", embedding_dim)
+        self.hidden = positive_int("hidden", hidden)
         if not (_is_number(learning_rate) and float(learning_rate) > 0.0):
             raise ValueError(
                 f"`learning_rate` must be positive. Received: learning_rate={learning_rate!r}"

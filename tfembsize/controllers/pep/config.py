@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from tfembsize._checks import positive_int
 from tfembsize._dataclass_config import DictConfig
 from tfembsize.controllers._common import validate_sparsities
 from tfembsize.layers.pep_embedding import (
@@ -135,9 +136,7 @@ class PEPConfig(DictConfig):
                 f"clipnorm={self.clipnorm!r}"
             )
         for name in ("batch_size", "max_steps", "chunk_steps", "check_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+            positive_int(name, getattr(self, name))
         if not isinstance(self.jit_compile, bool):
             raise ValueError(
                 f"`jit_compile` must be True or False. Received: jit_compile={self.jit_compile!r}"

@@ -196,7 +196,7 @@ def ciess_method(**variant: Any) -> Callable[[MethodContext], MethodOutput]:
             candidates.append(
                 {**rec, "search_score": entry.candidate.score, **entry.candidate.info}
             )
-        eligible = archive.params <= budget.max_params_for(controller.problem.num_rows)
+        eligible = archive.params <= controller.problem.max_params(c)
         info = {
             "controller": type(controller).__name__,
             "variant": dict(variant),
