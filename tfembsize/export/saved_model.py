@@ -545,7 +545,8 @@ def sample_inputs(meta: Mapping[str, Any], signature: str, *, k: int | None = No
 
     Ids are spread over ``[0, num_users)`` / ``[0, num_items)``, or taken from the examples
     recorded for raw ids; ``exclude_item_ids`` holds two item ids per user; for ``"call"``
-    exports, integer inputs are 0 (valid for every table) and float inputs a fixed ramp.
+    exports, integer inputs are 0 (valid for every table), string inputs empty (the
+    out-of-vocabulary id of a lookup) and float inputs a fixed ramp.
     """
     spec = meta["signatures"][signature]["inputs"]
     raw = meta.get("ids") or {}
@@ -573,6 +574,8 @@ def sample_inputs(meta: Mapping[str, Any], signature: str, *, k: int | None = No
             out[name] = tf.constant(values, dtype)
         elif dtype.is_integer:
             out[name] = tf.zeros(shape, dtype)
+        elif dtype == tf.string:  # an id a lookup does not know: its out-of-vocabulary row
+            out[name] = tf.fill(shape, "")
         else:
             size = int(np.prod(shape)) if shape else 1
             ramp = np.linspace(-1.0, 1.0, size).reshape(shape).astype(dtype.as_numpy_dtype)

@@ -206,7 +206,7 @@ def masked_top_k(
     queries: tf.Tensor,
     k: tf.Tensor,
     exclude_rows: tf.Tensor,
-    blocked_rows: Sequence[int] = (),
+    blocked_rows: Sequence[int] | np.ndarray = (),
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Top-k rows per query, with excluded rows masked to -inf before the top-k.
 

@@ -87,6 +87,7 @@ class _Vocabulary:
             )
         string = "String" in kind or getattr(layer, "vocabulary_dtype", "") == "string"
         raw = layer.get_vocabulary()
+        tokens: tuple[Any, ...]
         if string:
             tokens = tuple(t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in raw)
         else:
