@@ -1,21 +1,29 @@
 """SavedModel export with explicit serving signatures, written atomically.
 
 `save_compressed(model, path)` compresses the model (`tfembsize.export.compress`) and writes a
-SavedModel whose root is a plain ``tf.Module`` holding only the variables the signatures read
-(so no optimizer slots, task metrics or TFRS candidate datasets are exported) and the
-signature functions. It loads with ``tf.saved_model.load`` wherever TensorFlow is installed,
-without tfembsize, and runs with ``saved_model_cli run`` and TF Serving.
+SavedModel whose root is a plain ``tf.Module`` holding only the variables and resources the
+signatures read (so no optimizer slots, task metrics or TFRS candidate datasets are exported);
+the signature functions are stored once each, as signatures, and every computation they share
+(the user vectors, the item vectors, the top-k) is one function they all call. It loads with
+``tf.saved_model.load`` wherever TensorFlow is installed, without tfembsize, and runs with
+``saved_model_cli run`` and TF Serving.
 
 Signatures:
 
 * Retrieval models (``embed_users``, ``embed_items``, ``num_users``, ``num_items``):
   ``serving_default(user_ids, k) -> {item_ids, scores}`` (``k`` is an input, so it is not
-  frozen at trace time), ``embed_users(user_ids) -> {embeddings}``,
+  frozen at trace time), ``serving_excluding(user_ids, k, exclude_item_ids) -> {item_ids,
+  scores}`` (``exclude_item_ids [b, m]`` are masked to -inf before the top-k; ids outside
+  ``[0, num_items)`` are padding), ``embed_users(user_ids) -> {embeddings}``,
   ``embed_items(item_ids) -> {embeddings}``. The top-k is ``tf.math.top_k`` over the dot
   products with every item; when the item table of the model is a `CompressedEmbedding`
   whose lookup *is* ``embed_items``, the products are computed class block by class block on
   the compressed storage (no dense item matrix is ever built).
-* Other models: ``serving_default`` is the model's call (``training=False``).
+* Two-tower models given by their towers (``query_tower=``, ``candidate_tower=``): the same
+  four signatures, taking and returning the raw ids of the towers' ``StringLookup`` /
+  ``IntegerLookup`` layers (`tfembsize.export.towers`).
+* Other models: ``serving_default`` is the model's call (``training=False``); the tables of
+  lookup layers in the model are saved with it.
 
 Ids are validated in the signature, before any (optionally XLA-compiled) computation: an id
 outside ``[0, num_users)`` / ``[0, num_items)`` or a ``k`` outside ``[1, num_items]`` fails with
@@ -91,8 +99,9 @@ class ExportResult:
         signatures: names of the exported signatures.
         item_scoring: how ``serving_default`` scores items (retrieval only):
             ``"compressed"`` (class blocks of a `CompressedEmbedding`), ``"dense_table"``
-            (an embedding variable), ``"representations"`` or ``"embed_items"`` (the item
-            matrix recomputed by the model in every call); empty for ``"call"``.
+            (an embedding variable), ``"representations"``, ``"embed_items"`` or ``"tower"``
+            (the item matrix recomputed by the model or the candidate tower in every call);
+            empty for ``"call"``.
         tables: names of the compressed tables in the export.
         jit_compile: whether the signature bodies are compiled with XLA.
     """

@@ -295,19 +295,26 @@ def _retrieval_signatures(model: Any, *, id_dtype: tf.DType, jit_compile: bool) 
     num_users, num_items = int(model.num_users), int(model.num_items)
     scorer = _item_scorer(model)
 
-    def recommend(user_rows: tf.Tensor, k: tf.Tensor, exclude_rows: tf.Tensor) -> tuple:
-        return masked_top_k(
-            scorer, tf.cast(model.embed_users(user_rows), tf.float32), k, exclude_rows
-        )
-
     rows_spec = tf.TensorSpec([None], tf.int32)
+
+    def user_vectors(user_rows: tf.Tensor) -> tf.Tensor:
+        return tf.cast(model.embed_users(user_rows), tf.float32)
+
+    def item_vectors(item_rows: tf.Tensor) -> tf.Tensor:
+        return tf.cast(model.embed_items(item_rows), tf.float32)
+
+    core_users = core_function(user_vectors, [rows_spec], jit_compile)
+    core_items = core_function(item_vectors, [rows_spec], jit_compile)
+
+    def recommend(user_rows: tf.Tensor, k: tf.Tensor, exclude_rows: tf.Tensor) -> tuple:
+        # core_users is called, not inlined: its graph is stored once for both signatures.
+        return masked_top_k(scorer, core_users(user_rows), k, exclude_rows)
+
     core_recommend = core_function(
         recommend,
         [rows_spec, tf.TensorSpec([], tf.int32), tf.TensorSpec([None, None], tf.int32)],
         jit_compile,
     )
-    core_users = core_function(lambda ids: model.embed_users(ids), [rows_spec], jit_compile)
-    core_items = core_function(lambda ids: model.embed_items(ids), [rows_spec], jit_compile)
 
     user_spec = tf.TensorSpec([None], id_dtype, name="user_ids")
     item_spec = tf.TensorSpec([None], id_dtype, name="item_ids")
@@ -336,12 +343,12 @@ def _retrieval_signatures(model: Any, *, id_dtype: tf.DType, jit_compile: bool) 
     @tf.function(input_signature=[user_spec], autograph=False)
     def embed_users(user_ids: tf.Tensor) -> dict:
         ids = _checked_ids(user_ids, num_users, "user_ids", "num_users")
-        return {"embeddings": tf.cast(core_users(ids), tf.float32)}
+        return {"embeddings": core_users(ids)}
 
     @tf.function(input_signature=[item_spec], autograph=False)
     def embed_items(item_ids: tf.Tensor) -> dict:
         ids = _checked_ids(item_ids, num_items, "item_ids", "num_items")
-        return {"embeddings": tf.cast(core_items(ids), tf.float32)}
+        return {"embeddings": core_items(ids)}
 
     sigs = {}
     for name, fn, specs in (

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +199,8 @@ class Tower:
         lookup: its ``StringLookup``/``IntegerLookup``, or None (the tower takes rows).
         body: the layers after the lookup, searchable tables replaced by compressed ones.
         num_rows: rows of the body's first table.
+        vocabulary: how the lookup numbers raw ids (None without lookup).
+        ids: the export's map between raw ids and rows (a ``tf.Module`` the root holds).
     """
 
     role: str
@@ -431,15 +433,16 @@ def _first_line(err: BaseException) -> str:
 # --------------------------------------------------------------------------------------------
 # Signatures
 # --------------------------------------------------------------------------------------------
-def _candidate_scorer(tower: Tower) -> _Scorer:
+def _candidate_scorer(tower: Tower, vectors: Callable[[tf.Tensor], tf.Tensor]) -> _Scorer:
+    """Scores on the item table itself when the tower is just a table, else ``vectors``."""
     if len(tower.body) == 1:
         direct = table_scorer(tower.body[0], tower.num_rows)
         if direct is not None:
             return direct
-    rows = tf.range(tower.num_rows, dtype=tf.int32)
 
     def scores(q: tf.Tensor) -> tf.Tensor:
-        return tf.matmul(q, tower.vectors(rows), transpose_b=True)
+        items = vectors(tf.range(tower.num_rows, dtype=tf.int32))
+        return tf.matmul(q, items, transpose_b=True)
 
     return _Scorer(scores, _same, _same, tower.num_rows, "tower")
 
@@ -492,7 +495,6 @@ def tower_signatures(query: Tower, candidate: Tower, *, jit_compile: bool) -> _B
     Returns:
         The signatures, the id maps to track and metadata entries.
     """
-    scorer = _candidate_scorer(candidate)
     blocked = candidate.blocked_rows().astype(np.int32)
     num_candidates = int(len(candidate.item_rows()))
     if num_candidates < 1:
@@ -500,17 +502,27 @@ def tower_signatures(query: Tower, candidate: Tower, *, jit_compile: bool) -> _B
             f"The candidate tower '{candidate.name}' has no item in its vocabulary."
         )
 
-    def recommend(user_rows: tf.Tensor, k: tf.Tensor, exclude_rows: tf.Tensor) -> tuple:
-        return masked_top_k(scorer, query.vectors(user_rows), k, exclude_rows, blocked)
-
     rows_spec = tf.TensorSpec([None], tf.int32)
+
+    def user_vectors(user_rows: tf.Tensor) -> tf.Tensor:
+        return query.vectors(user_rows)
+
+    def item_vectors(item_rows: tf.Tensor) -> tf.Tensor:
+        return candidate.vectors(item_rows)
+
+    core_users = core_function(user_vectors, [rows_spec], jit_compile)
+    core_items = core_function(item_vectors, [rows_spec], jit_compile)
+    scorer = _candidate_scorer(candidate, core_items)
+
+    def recommend(user_rows: tf.Tensor, k: tf.Tensor, exclude_rows: tf.Tensor) -> tuple:
+        # The tower functions are called, not inlined: each graph is stored once.
+        return masked_top_k(scorer, core_users(user_rows), k, exclude_rows, blocked)
+
     core_recommend = core_function(
         recommend,
         [rows_spec, tf.TensorSpec([], tf.int32), tf.TensorSpec([None, None], tf.int32)],
         jit_compile,
     )
-    core_users = core_function(query.vectors, [rows_spec], jit_compile)
-    core_items = core_function(candidate.vectors, [rows_spec], jit_compile)
 
     user_spec = tf.TensorSpec([None], query.ids.dtype, name="user_ids")
     item_spec = tf.TensorSpec([None], candidate.ids.dtype, name="item_ids")
@@ -595,7 +607,10 @@ def resolve_tower(model: Any, tower: Any, role: str) -> Any:
 
 
 def tower_attributes(model: Any) -> list[str]:
-    """Names of ``model``'s attributes that hold Keras layers with embedding tables."""
+    """Names of ``model``'s attributes that hold Keras layers with embedding tables.
+
+    Names that read as a query tower (``user``, ``query``) come first.
+    """
     names = []
     for name, value in sorted(vars(model).items()):
         if name.startswith("_") or not isinstance(value, keras.layers.Layer):
@@ -605,7 +620,7 @@ def tower_attributes(model: Any) -> list[str]:
             isinstance(getattr(x, "input_dim", None), (int, np.integer)) for x in layers
         ):
             names.append(name)
-    return names
+    return sorted(names, key=lambda n: (not any(w in n.lower() for w in ("user", "query")), n))
 
 
 def jit_default(towers: Sequence[Tower]) -> bool:
