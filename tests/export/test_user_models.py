@@ -31,6 +31,7 @@ from tfembsize.export import (
     compression_report,
     read_metadata,
     save_compressed,
+    save_serving_model,
 )
 from tfembsize.layers import BudgetedEmbedding, MaskedEmbedding
 
@@ -284,6 +285,26 @@ def run_elsewhere(path: str, users: list, seen: list, cwd: Path) -> list:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def test_string_ids_with_an_xla_compiled_row_computation(tmp_path):
+    model, user_tower, item_tower, users, items = functional_two_tower("string")
+    train_a_step(model, users, items)
+    apply_plan(model, seed=2)
+    result = save_compressed(
+        model,
+        tmp_path / "xla",
+        query_tower=user_tower,
+        candidate_tower=item_tower,
+        jit_compile=True,
+    )
+    assert result.jit_compile is True
+    loaded = tf.saved_model.load(result.path)
+    seen = np.asarray([[items[3], items[9]], ["", ""]])
+    ids, scores = serve(loaded, users[[2, 11]], 7, exclude=seen)
+    ref_ids, ref_scores = top_k_reference(user_tower, item_tower, users[[2, 11]], items, 7, seen)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5, rtol=0)
+
+
 def test_call_export_through_a_string_lookup(tmp_path):
     model, *_ = functional_two_tower("string")
     train_a_step(model, USERS, TITLES)
@@ -360,6 +381,30 @@ def test_tower_errors_name_the_layer_and_the_fix(tmp_path):
     with pytest.raises(CompressionError, match=r"lookup 'titles' numbers 41 ids.*has 10 rows"):
         save_compressed(holder, tmp_path / "d", query_tower="user_model", candidate_tower=short)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+class BrokenScorer(keras.Model):
+    """A model whose call fails while the serving function is traced (a bad reshape)."""
+
+    def __init__(self):
+        super().__init__(name="broken")
+        self.table = MaskedEmbedding(10, 4, name="broken_embedding")
+        self.table(tf.zeros([1], tf.int32))
+
+    def call(self, ids):
+        return tf.reshape(self.table(ids), [3, 7])
+
+
+def test_tracing_failures_are_compression_errors_with_context(tmp_path):
+    spec = tf.TensorSpec([None], tf.int32, name="ids")
+    with pytest.raises(
+        CompressionError,
+        match=r"Cannot export BrokenScorer 'broken': tracing the serving functions failed.*"
+        r"pass input_signature=",
+    ) as info:
+        save_serving_model(BrokenScorer(), tmp_path / "m", input_signature=spec)
+    assert info.value.__cause__ is not None  # the TensorFlow error stays attached
+    assert not (tmp_path / "m").exists()
 
 
 # The TensorFlow Recommenders basic-retrieval recipe (tf-keras only) -------------------------------

@@ -204,9 +204,10 @@ def save_compressed(
         )
     _refuse_tower_models(model, signatures)
     if searchable_layers(model):
-        small = compress(model, max_classes=max_classes, positions=positions)
-        if verify:
-            _check_lookups(model, small)
+        with exporting(model, "compressing the tables"):
+            small = compress(model, max_classes=max_classes, positions=positions)
+            if verify:
+                _check_lookups(model, small)
     elif any(isinstance(layer, CompressedEmbedding) for layer in [model, *iter_layers(model)]):
         small = model
     else:
@@ -285,7 +286,7 @@ def save_serving_model(
             built = _retrieval_signatures(model, id_dtype=id_dtype, jit_compile=jit_compile)
         else:
             built = _call_signatures(model, input_signature, jit_compile=jit_compile)
-            built.trackables.extend(lookup_resources(model))
+        built.trackables.extend(lookup_resources(model))
     holders = [model, *iter_layers(model)]
     return _write(
         model, target, kind, built, holders, k=int(k), jit_compile=jit_compile, verify=verify
@@ -593,11 +594,24 @@ def sample_inputs(meta: Mapping[str, Any], signature: str, *, k: int | None = No
 
 
 def _verify_saved(tmp: Path, built: _Built, metadata: dict) -> None:
-    loaded = tf.saved_model.load(str(tmp))
+    try:
+        loaded = tf.saved_model.load(str(tmp))
+    except Exception as err:  # noqa: BLE001 - reported as a failed verification
+        raise ExportVerificationError(
+            f"The written SavedModel does not load ({type(err).__name__}: {err}); nothing was "
+            "written."
+        ) from err
     for name, sig in built.signatures.items():
         inputs = sample_inputs(metadata, name)
-        expected = sig.concrete(**inputs)
-        got = loaded.signatures[name](**inputs)
+        try:
+            expected = sig.concrete(**inputs)
+            got = loaded.signatures[name](**inputs)
+        except Exception as err:  # noqa: BLE001 - reported as a failed verification
+            raise ExportVerificationError(
+                f"Signature {name!r} failed on example inputs {sorted(inputs)} "
+                f"({type(err).__name__}: {str(err).strip()[:400]}); nothing was written. "
+                "Check the model's call on such inputs, or pass verify=False."
+            ) from err
         for key, value in expected.items():
             a, b = np.asarray(value), np.asarray(got[key])
             if a.dtype.kind in "fc":
