@@ -20,11 +20,19 @@ def test_compressed_retrieval_export_is_gpu_ready(tmp_path, retrieval_model):
     result = save_compressed(retrieval_model, tmp_path / "m", verify=False)
     report = check_gpu_ready(result.path)
     assert report.ok
-    assert {s.name for s in report.signatures} == {"serving_default", "embed_users", "embed_items"}
-    serving = next(s for s in report.signatures if s.name == "serving_default")
-    assert serving.jit_compiled is True and serving.max_abs_diff <= 1e-5
-    assert {"TopKV2", "MatMul", "GatherV2", "RightShift"} <= set(serving.ops)
-    assert set(serving.host_ops) <= HOST_OPS
+    assert {s.name for s in report.signatures} == {
+        "serving_default",
+        "serving_excluding",
+        "embed_users",
+        "embed_items",
+    }
+    for name in ("serving_default", "serving_excluding"):
+        serving = next(s for s in report.signatures if s.name == name)
+        assert serving.jit_compiled is True and serving.max_abs_diff <= 1e-5
+        assert {"TopKV2", "MatMul", "GatherV2", "RightShift"} <= set(serving.ops)
+        assert set(serving.host_ops) <= HOST_OPS
+    excluding = next(s for s in report.signatures if s.name == "serving_excluding")
+    assert "TensorScatterUpdate" in excluding.ops  # the -inf mask
     assert "OK" in str(report)
 
 

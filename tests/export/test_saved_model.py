@@ -68,7 +68,12 @@ def exported(tmp_path_factory):
 def test_retrieval_export_round_trip(exported):
     model, result, loaded = exported
     assert result.kind == "retrieval" and result.item_scoring == "compressed"
-    assert set(result.signatures) == {"serving_default", "embed_users", "embed_items"}
+    assert set(result.signatures) == {
+        "serving_default",
+        "serving_excluding",
+        "embed_users",
+        "embed_items",
+    }
     users = [0, 7, 39, 13]
     for k in (1, 5, 70):  # k is an input of the signature, not frozen at trace time
         ids, scores = serve(loaded, users, k)
@@ -83,6 +88,26 @@ def test_retrieval_export_round_trip(exported):
     np.testing.assert_allclose(
         items.numpy(), model.embed_items(tf.range(70)).numpy(), atol=1e-6, rtol=0
     )
+
+
+def test_serving_excluding_masks_the_given_items(exported):
+    model, _, loaded = exported
+    users = [0, 7, 39]
+    ref_ids, _ = dense_top_k(model, users, 70)
+    # Exclude each user's first three items; -1 and ids past the table are padding.
+    exclude = np.concatenate([ref_ids[:, :3], [[-1, 70], [-1, -1], [99, -1]]], axis=1)
+    out = loaded.signatures["serving_excluding"](
+        user_ids=tf.constant(users, tf.int64),
+        k=tf.constant(5),
+        exclude_item_ids=tf.constant(exclude, tf.int64),
+    )
+    np.testing.assert_array_equal(out["item_ids"].numpy(), ref_ids[:, 3:8])
+    none = loaded.signatures["serving_excluding"](
+        user_ids=tf.constant(users, tf.int64),
+        k=tf.constant(5),
+        exclude_item_ids=tf.zeros([3, 0], tf.int64),
+    )
+    np.testing.assert_array_equal(none["item_ids"].numpy(), ref_ids[:, :5])
 
 
 def test_export_holds_only_the_compressed_tables(exported):

@@ -17,6 +17,7 @@ from tfembsize.export.compress import (
 )
 from tfembsize.export.gpu import (
     HOST_OPS,
+    RAW_ID_HOST_OPS,
     GpuReadiness,
     GpuReadinessError,
     OpIssue,
@@ -36,6 +37,7 @@ from tfembsize.export.saved_model import (
 
 __all__ = [
     "HOST_OPS",
+    "RAW_ID_HOST_OPS",
     "CompressionError",
     "CompressionReport",
     "ExportResult",

@@ -228,6 +228,14 @@ def compress(
             f"{type(model).__name__} '{getattr(model, 'name', '')}' holds no searchable "
             "embedding layer (MaskedEmbedding, BudgetedEmbedding, PEP...); nothing to compress."
         )
+    for layer_name, layer in found.items():
+        if not getattr(layer, "built", True):
+            raise CompressionError(
+                f"Layer '{layer_name}' ({type(layer).__name__}) has no weights yet: it was never "
+                "called. Train the model (or call it once on a batch of ids) before "
+                "compressing it, or start the model or tower that holds the layer with a "
+                "keras.Input so that it is built when created."
+            )
     unknown = [n for n, layer in found.items() if not _can_compress(layer)]
     if unknown:
         compress_layer(found[unknown[0]])  # raises the descriptive error
@@ -283,7 +291,13 @@ def _contains_searchable(obj: Any) -> bool:
 
 
 def _copy_weights(src: Any, dst: Any) -> None:
-    weights = src.get_weights()
+    try:
+        weights = src.get_weights()
+    except ValueError as err:  # tf-keras: a model that was never built
+        raise CompressionError(
+            f"Cannot copy the weights of {type(src).__name__} '{src.name}' ({err}). Call "
+            "the model once on a batch before exporting, or start it with a keras.Input."
+        ) from err
     if len(weights) != len(dst.weights) or any(
         tuple(w.shape) != tuple(v.shape) for w, v in zip(weights, dst.weights, strict=True)
     ):

@@ -11,8 +11,14 @@ Two checks, per signature:
    with CPU kernels only (``RaggedGather``, ``UniqueV2``, string ops...) make the graph bounce
    to the host or fail placement. `HOST_OPS` lists the ops accepted without a GPU kernel
    because they are graph plumbing or checkpoint I/O that always runs on the host.
+   Signatures that take or return string ids (exports with raw ids from a ``StringLookup``)
+   also accept `RAW_ID_HOST_OPS`, the vocabulary-table lookups that map strings to rows
+   and back on the host; every op between them needs a GPU kernel as above.
 2. **XLA.** The signature, wrapped in ``tf.function(jit_compile=True)``, compiles and gives
-   the same outputs as the plain call on valid example inputs.
+   the same outputs as the plain call on valid example inputs. XLA has no string type, so
+   signatures with string ids are not compiled whole (reported as not applicable); their
+   row computation is one function compiled with XLA when the export uses
+   ``jit_compile=True``.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from tensorflow.python.framework import kernels
 
 __all__ = [
     "HOST_OPS",
+    "RAW_ID_HOST_OPS",
     "GpuReadiness",
     "GpuReadinessError",
     "OpIssue",
@@ -67,6 +74,12 @@ HOST_OPS = frozenset(
         "DisableCopyOnRead",
     }
 )
+
+#: Ops that map raw string ids to table rows and back through the vocabulary tables of an
+#: export with raw ids. Strings cannot live on a GPU, so TensorFlow places these on the host;
+#: they run before and after the device computation, which takes and returns int32 rows.
+#: Accepted (and reported among the host ops) only in signatures with string ids.
+RAW_ID_HOST_OPS = frozenset({"LookupTableFindV2", "LookupTableSizeV2", "HashTableV2"})
 
 _GPU_DEVICES = ("GPU", "DEFAULT")
 
@@ -153,9 +166,11 @@ class GpuReadiness:
     def __str__(self) -> str:
         lines = [f"GPU readiness of {self.path}: {'OK' if self.ok else 'NOT READY'}"]
         for s in self.signatures:
-            jit = {None: "not checked", True: "compiles", False: f"FAILED ({s.jit_error})"}[
-                s.jit_compiled
-            ]
+            jit = {
+                None: s.jit_error or "not checked",
+                True: "compiles",
+                False: f"FAILED ({s.jit_error})",
+            }[s.jit_compiled]
             lines.append(
                 f"  {s.name}: {len(s.ops)} op types, "
                 f"{'no missing GPU kernels' if not s.missing else 'missing GPU kernels: '}"
@@ -269,18 +284,26 @@ def ops_without_gpu_kernel(
     missing: dict[tuple[str, tuple[str, ...]], int] = {}
     host: set[str] = set()
     ops: set[str] = set()
+    accepted = HOST_OPS | RAW_ID_HOST_OPS if _has_string_ids(mg, signature) else HOST_OPS
     for node in _reachable_nodes(mg, signature):
         ops.add(node.op)
         ok, detail = _has_gpu_kernel(node)
         if ok:
             continue
-        if node.op in HOST_OPS:
+        if node.op in accepted:
             host.add(node.op)
             continue
         key = (node.op, detail)
         missing[key] = missing.get(key, 0) + 1
     issues = [OpIssue(op, detail, n) for (op, detail), n in sorted(missing.items())]
     return issues, sorted(host), sorted(ops)
+
+
+def _has_string_ids(meta_graph: Any, signature: str) -> bool:
+    """Whether a signature takes or returns strings (raw string ids)."""
+    sig = meta_graph.signature_def[signature]
+    tensors = [*sig.inputs.values(), *sig.outputs.values()]
+    return any(t.dtype == tf.string.as_datatype_enum for t in tensors)
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,7 +405,12 @@ def check_gpu_ready(
         missing, host, ops = ops_without_gpu_kernel(root, name)
         jit_ok: bool | None = None
         err, diff = "", 0.0
-        if loaded is not None:  # jit
+        if loaded is not None and _has_string_ids(mg, name):
+            err = (
+                "not applicable: string ids are mapped to rows on the host; the row "
+                "computation between the maps is compiled when the export uses jit_compile"
+            )
+        elif loaded is not None:  # jit
             fn = loaded.signatures[name]
             example = (
                 dict(inputs[name])

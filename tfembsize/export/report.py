@@ -79,17 +79,28 @@ class TableReport:
 class CompressionReport:
     """Per-table storage costs plus totals (and file sizes for an export directory).
 
+    The table totals count what the compressed tables store; an export directory also
+    holds the serving graph, the other variables the signatures read (towers' dense
+    layers, id maps), vocabulary files and metadata, so for an export ``total_bytes``
+    is what the directory really takes on disk.
+
     Attributes:
         tables: one `TableReport` per compressed table.
         source: ``"model"`` or the export path.
         variables_bytes: bytes of the SavedModel's ``variables/`` directory (exports only).
-        graph_bytes: bytes of ``saved_model.pb`` (exports only).
+        graph_bytes: bytes of ``saved_model.pb``, the serving graph (exports only).
+        assets_bytes: bytes of ``assets/`` (vocabulary files of raw-id exports; exports
+            only).
+        total_bytes: bytes of every file of the export directory: the graph, the variables,
+            the assets and the metadata (exports only).
     """
 
     tables: tuple[TableReport, ...]
     source: str
     variables_bytes: int | None = None
     graph_bytes: int | None = None
+    assets_bytes: int | None = None
+    total_bytes: int | None = None
 
     def _sum(self, field: str) -> int:
         return int(sum(getattr(t, field) for t in self.tables))
@@ -151,6 +162,8 @@ class CompressionReport:
             },
             "variables_bytes": self.variables_bytes,
             "graph_bytes": self.graph_bytes,
+            "assets_bytes": self.assets_bytes,
+            "total_bytes": self.total_bytes,
         }
 
     def to_markdown(self) -> str:
@@ -172,10 +185,17 @@ class CompressionReport:
             f"{self.dense_bytes} | {self.ratio:.4f} | {self.bytes_per_usable_param:.4f} |"
         )
         tail = ""
-        if self.variables_bytes is not None:
+        if self.total_bytes is not None:
+            other = (
+                self.total_bytes
+                - (self.graph_bytes or 0)
+                - (self.variables_bytes or 0)
+                - (self.assets_bytes or 0)
+            )
             tail = (
-                f"\n\nOn disk: variables/ {self.variables_bytes} bytes, "
-                f"saved_model.pb {self.graph_bytes} bytes."
+                f"\n\nOn disk: {self.total_bytes} bytes in all = saved_model.pb (graph) "
+                f"{self.graph_bytes} + variables/ {self.variables_bytes} + assets/ "
+                f"{self.assets_bytes} + metadata {other}."
             )
         return head + "\n".join(rows) + tail
 
@@ -277,12 +297,19 @@ def _report_path(path: Path) -> CompressionReport:
             bitmask=arrays.get("bitmask", empty),
         )
         tables.append(_table_report(entry["name"], packed))
-    var_dir = path / "variables"
-    variables_bytes = sum(f.stat().st_size for f in var_dir.iterdir() if f.is_file())
     graph = path / "saved_model.pb"
     return CompressionReport(
         tables=tuple(tables),
         source=str(path),
-        variables_bytes=int(variables_bytes),
+        variables_bytes=_dir_bytes(path / "variables"),
         graph_bytes=int(graph.stat().st_size) if graph.is_file() else None,
+        assets_bytes=_dir_bytes(path / "assets"),
+        total_bytes=_dir_bytes(path),
     )
+
+
+def _dir_bytes(path: Path) -> int:
+    """Bytes of every file under ``path`` (0 when it does not exist)."""
+    if not path.is_dir():
+        return 0
+    return int(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()))

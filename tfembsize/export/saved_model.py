@@ -1,21 +1,29 @@
 """SavedModel export with explicit serving signatures, written atomically.
 
 `save_compressed(model, path)` compresses the model (`tfembsize.export.compress`) and writes a
-SavedModel whose root is a plain ``tf.Module`` holding only the variables the signatures read
-(so no optimizer slots, task metrics or TFRS candidate datasets are exported) and the
-signature functions. It loads with ``tf.saved_model.load`` wherever TensorFlow is installed,
-without tfembsize, and runs with ``saved_model_cli run`` and TF Serving.
+SavedModel whose root is a plain ``tf.Module`` holding only the variables and resources the
+signatures read (so no optimizer slots, task metrics or TFRS candidate datasets are exported);
+the signature functions are stored once each, as signatures, and every computation they share
+(the user vectors, the item vectors, the top-k) is one function they all call. It loads with
+``tf.saved_model.load`` wherever TensorFlow is installed, without tfembsize, and runs with
+``saved_model_cli run`` and TF Serving.
 
 Signatures:
 
 * Retrieval models (``embed_users``, ``embed_items``, ``num_users``, ``num_items``):
   ``serving_default(user_ids, k) -> {item_ids, scores}`` (``k`` is an input, so it is not
-  frozen at trace time), ``embed_users(user_ids) -> {embeddings}``,
+  frozen at trace time), ``serving_excluding(user_ids, k, exclude_item_ids) -> {item_ids,
+  scores}`` (``exclude_item_ids [b, m]`` are masked to -inf before the top-k; ids outside
+  ``[0, num_items)`` are padding), ``embed_users(user_ids) -> {embeddings}``,
   ``embed_items(item_ids) -> {embeddings}``. The top-k is ``tf.math.top_k`` over the dot
   products with every item; when the item table of the model is a `CompressedEmbedding`
   whose lookup *is* ``embed_items``, the products are computed class block by class block on
   the compressed storage (no dense item matrix is ever built).
-* Other models: ``serving_default`` is the model's call (``training=False``).
+* Two-tower models given by their towers (``query_tower=``, ``candidate_tower=``): the same
+  four signatures, taking and returning the raw ids of the towers' ``StringLookup`` /
+  ``IntegerLookup`` layers (`tfembsize.export.towers`).
+* Other models: ``serving_default`` is the model's call (``training=False``); the tables of
+  lookup layers in the model are saved with it.
 
 Ids are validated in the signature, before any (optionally XLA-compiled) computation: an id
 outside ``[0, num_users)`` / ``[0, num_items)`` or a ``k`` outside ``[1, num_items]`` fails with
@@ -33,6 +41,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,13 +52,23 @@ import tensorflow as tf
 
 from tfembsize import _io
 from tfembsize._keras import keras_version
+from tfembsize.export._failures import ExportVerificationError, exporting, lookup_resources
 from tfembsize.export.compress import CompressionError, compress, searchable_layers
 from tfembsize.export.signatures import (
     _Built,
     _call_signatures,
     _resolve_kind,
     _retrieval_signatures,
+    is_retrieval_model,
     resolve_jit_compile,
+)
+from tfembsize.export.towers import (
+    build_tower,
+    compressed_layers,
+    jit_default,
+    resolve_tower,
+    tower_attributes,
+    tower_signatures,
 )
 from tfembsize.layers.compressed_embedding import CompressedEmbedding
 from tfembsize.layers.utils import iter_layers
@@ -70,10 +89,6 @@ _FORMAT = "tfembsize.export"
 _FORMAT_VERSION = 1
 
 
-class ExportVerificationError(RuntimeError):
-    """The written SavedModel did not reproduce the in-memory model; nothing was saved."""
-
-
 @dataclasses.dataclass(frozen=True)
 class ExportResult:
     """What `save_compressed` / `save_serving_model` wrote.
@@ -84,8 +99,9 @@ class ExportResult:
         signatures: names of the exported signatures.
         item_scoring: how ``serving_default`` scores items (retrieval only):
             ``"compressed"`` (class blocks of a `CompressedEmbedding`), ``"dense_table"``
-            (an embedding variable), ``"representations"`` or ``"embed_items"`` (the item
-            matrix recomputed by the model in every call); empty for ``"call"``.
+            (an embedding variable), ``"representations"``, ``"embed_items"`` or ``"tower"``
+            (the item matrix recomputed by the model or the candidate tower in every call);
+            empty for ``"call"``.
         tables: names of the compressed tables in the export.
         jit_compile: whether the signature bodies are compiled with XLA.
     """
@@ -108,6 +124,8 @@ def save_compressed(
     signatures: str = "auto",
     k: int = 10,
     input_signature: Any = None,
+    query_tower: Any = None,
+    candidate_tower: Any = None,
     max_classes: int | None = None,
     positions: str = "columns",
     id_dtype: Any = tf.int64,
@@ -121,15 +139,24 @@ def save_compressed(
         model: a Keras model with searchable embedding layers (or already compressed).
         path: target directory (local filesystem); must not exist unless ``overwrite``.
         signatures: ``"auto"`` (retrieval signatures when the model follows the retrieval
-            protocol, else the call), ``"retrieval"`` or ``"call"``.
+            protocol or towers are given, else the call), ``"retrieval"`` or ``"call"``.
         k: default ``k`` recorded in the export metadata and used by the export check
             (the ``serving_default`` signature always takes ``k`` as an input).
         input_signature: for ``"call"`` exports of models whose inputs cannot be inferred
             (Keras 3 subclassed models): a ``tf.TensorSpec``, a list of them, or a dict of
             name -> spec.
+        query_tower: for a two-tower model of your own (a ``tfrs.Model``, or any model
+            whose user and item towers map raw ids to vectors): the query (user) tower, as
+            a Keras model or the name of the attribute of ``model`` that holds it. With
+            ``candidate_tower``, the export serves by the towers' raw ids (see
+            `tfembsize.export.towers`): towers that start with a ``StringLookup`` or
+            ``IntegerLookup`` take and return the lookup's ids.
+        candidate_tower: the candidate (item) tower, likewise; every item of its lookup's
+            vocabulary (every row without a lookup) is a candidate.
         max_classes: see `tfembsize.layers.compressed_embedding.pack_table`.
         positions: see `tfembsize.layers.compressed_embedding.pack_table`.
-        id_dtype: dtype of the id inputs of the retrieval signatures (int64 or int32).
+        id_dtype: dtype of the id inputs of the retrieval signatures (int64 or int32) when
+            the ids are rows (no lookup).
         jit_compile: compile the signature bodies with XLA (ids are still validated
             outside the compiled region). ``None`` (default) compiles exactly when the
             model holds an unstructured (PEP, ``kind="sparse"``) compressed table: without
@@ -147,8 +174,9 @@ def save_compressed(
         An `ExportResult`.
 
     Raises:
-        CompressionError: the model holds neither searchable nor compressed layers, or
-            cannot be compressed.
+        CompressionError: the model (or a tower) cannot be exported; the message names the
+            layer and the fix. Every failure of the export other than file-system errors
+            and the verification is raised as this error.
         FileExistsError: ``path`` exists and ``overwrite`` is False.
         ExportVerificationError: the verification failed (nothing is written).
 
@@ -157,11 +185,29 @@ def save_compressed(
         >>> served = tf.saved_model.load("export/gowalla-bet-90")
         >>> served.signatures["serving_default"](user_ids=tf.constant([0], tf.int64),
         ...                                      k=tf.constant(10))
+        >>> save_compressed(tutorial_model, "export/ml-100k", query_tower="user_model",
+        ...                 candidate_tower="movie_model")  # serves by raw ids
     """
+    if query_tower is not None or candidate_tower is not None:
+        return _save_towers(
+            model,
+            path,
+            query_tower,
+            candidate_tower,
+            compress_options={"max_classes": max_classes, "positions": positions},
+            signatures=signatures,
+            k=k,
+            id_dtype=id_dtype,
+            jit_compile=jit_compile,
+            overwrite=overwrite,
+            verify=verify,
+        )
+    _refuse_tower_models(model, signatures)
     if searchable_layers(model):
-        small = compress(model, max_classes=max_classes, positions=positions)
-        if verify:
-            _check_lookups(model, small)
+        with exporting(model, "compressing the tables"):
+            small = compress(model, max_classes=max_classes, positions=positions)
+            if verify:
+                _check_lookups(model, small)
     elif any(isinstance(layer, CompressedEmbedding) for layer in [model, *iter_layers(model)]):
         small = model
     else:
@@ -190,6 +236,8 @@ def save_serving_model(
     signatures: str = "auto",
     k: int = 10,
     input_signature: Any = None,
+    query_tower: Any = None,
+    candidate_tower: Any = None,
     id_dtype: Any = tf.int64,
     jit_compile: bool | None = None,
     overwrite: bool = False,
@@ -206,6 +254,8 @@ def save_serving_model(
         signatures: see `save_compressed`.
         k: see `save_compressed`.
         input_signature: see `save_compressed`.
+        query_tower: see `save_compressed`.
+        candidate_tower: see `save_compressed`.
         id_dtype: see `save_compressed`.
         jit_compile: see `save_compressed`.
         overwrite: see `save_compressed`.
@@ -214,6 +264,38 @@ def save_serving_model(
     Returns:
         An `ExportResult`.
     """
+    if query_tower is not None or candidate_tower is not None:
+        return _save_towers(
+            model,
+            path,
+            query_tower,
+            candidate_tower,
+            compress_options=None,
+            signatures=signatures,
+            k=k,
+            id_dtype=id_dtype,
+            jit_compile=jit_compile,
+            overwrite=overwrite,
+            verify=verify,
+        )
+    target, id_dtype = _check_arguments(path, k, id_dtype, overwrite)
+    jit_compile = resolve_jit_compile(model, jit_compile)
+    kind = _resolve_kind(model, signatures)
+    with exporting(model, "tracing the serving functions"):
+        if kind == "retrieval":
+            built = _retrieval_signatures(model, id_dtype=id_dtype, jit_compile=jit_compile)
+        else:
+            built = _call_signatures(model, input_signature, jit_compile=jit_compile)
+        built.trackables.extend(lookup_resources(model))
+    holders = [model, *iter_layers(model)]
+    return _write(
+        model, target, kind, built, holders, k=int(k), jit_compile=jit_compile, verify=verify
+    )
+
+
+def _check_arguments(
+    path: str | os.PathLike, k: Any, id_dtype: Any, overwrite: bool
+) -> tuple[Path, tf.DType]:
     target = _local_path(path)
     if target.exists() and not overwrite:
         raise FileExistsError(
@@ -224,15 +306,101 @@ def save_serving_model(
         raise ValueError(f"`id_dtype` must be int32 or int64. Received: id_dtype={id_dtype!r}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"`k` must be a positive integer. Received: k={k!r}")
-    jit_compile = resolve_jit_compile(model, jit_compile)
-    kind = _resolve_kind(model, signatures)
-    if kind == "retrieval":
-        built = _retrieval_signatures(model, id_dtype=id_dtype, jit_compile=jit_compile)
-    else:
-        built = _call_signatures(model, input_signature, jit_compile=jit_compile)
-    root, tables = _export_root(model, built)
-    metadata = _metadata(model, kind, built, tables, default_k=int(k), jit_compile=jit_compile)
+    return target, id_dtype
 
+
+def _save_towers(
+    model: Any,
+    path: str | os.PathLike,
+    query_tower: Any,
+    candidate_tower: Any,
+    *,
+    compress_options: dict | None,
+    signatures: str,
+    k: int,
+    id_dtype: Any,
+    jit_compile: bool | None,
+    overwrite: bool,
+    verify: bool,
+) -> ExportResult:
+    """A retrieval export built from the model's two towers (see `save_compressed`)."""
+    if query_tower is None or candidate_tower is None:
+        raise CompressionError(
+            "Pass both query_tower= and candidate_tower= (the user and the item tower), or neither."
+        )
+    if signatures not in ("auto", "retrieval"):
+        raise ValueError(
+            "query_tower=/candidate_tower= export retrieval signatures; `signatures` must be "
+            f"'auto' or 'retrieval'. Received: signatures={signatures!r}"
+        )
+    target, id_dtype = _check_arguments(path, k, id_dtype, overwrite)
+    if jit_compile is not None:
+        jit_compile = resolve_jit_compile(model, jit_compile)  # checks the type
+    scratch = Path(tempfile.mkdtemp(prefix="tfembsize-vocabulary-"))
+    try:
+        towers = []
+        for role, tower in (("query", query_tower), ("candidate", candidate_tower)):
+            tower = resolve_tower(model, tower, role)
+            with exporting(model, f"preparing the {role} tower"):
+                towers.append(
+                    build_tower(
+                        tower,
+                        role,
+                        id_dtype=id_dtype,
+                        directory=scratch,
+                        compress_options=compress_options,
+                    )
+                )
+        jit = jit_default(towers) if jit_compile is None else bool(jit_compile)
+        with exporting(model, "tracing the serving functions"):
+            built = tower_signatures(towers[0], towers[1], jit_compile=jit)
+        return _write(
+            model,
+            target,
+            "retrieval",
+            built,
+            compressed_layers(towers),
+            k=int(k),
+            jit_compile=jit,
+            verify=verify,
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _refuse_tower_models(model: Any, signatures: str) -> None:
+    """A clear error for a two-tower model of one's own exported without its towers."""
+    if is_retrieval_model(model) or signatures == "call":
+        return
+    if not any(c.__module__.startswith("tensorflow_recommenders") for c in type(model).__mro__):
+        return
+    names = tower_attributes(model)
+    example = (
+        f"query_tower={names[0]!r}, candidate_tower={names[1]!r}"
+        if len(names) == 2
+        else "query_tower='user_model', candidate_tower='movie_model'"
+    )
+    raise CompressionError(
+        f"{type(model).__name__} '{getattr(model, 'name', '')}' trains through compute_loss "
+        "(a TensorFlow Recommenders model) and has no serving call to export. Export it from "
+        f"its two towers: save_compressed(model, path, {example}). Attributes of the model "
+        f"holding embedding tables: {names}."
+    )
+
+
+def _write(
+    model: Any,
+    target: Path,
+    kind: str,
+    built: _Built,
+    holders: list[Any],
+    *,
+    k: int,
+    jit_compile: bool,
+    verify: bool,
+) -> ExportResult:
+    root, tables = _export_root(holders, built)
+    metadata = _metadata(model, kind, built, tables, default_k=k, jit_compile=jit_compile)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
     try:
         _save(root, tmp, built, model)
@@ -259,13 +427,15 @@ def save_serving_model(
 def _save(root: tf.Module, tmp: Path, built: _Built, model: Any) -> None:
     """``tf.saved_model.save`` with a clear error for computations SavedModel cannot store."""
     try:
-        tf.saved_model.save(
-            root,
-            str(tmp),
-            signatures={name: sig.concrete for name, sig in built.signatures.items()},
-        )
-    except KeyError as err:
-        if "captures tensor" not in str(err):
+        with exporting(model, "writing the SavedModel"):
+            tf.saved_model.save(
+                root,
+                str(tmp),
+                signatures={name: sig.concrete for name, sig in built.signatures.items()},
+            )
+    except CompressionError as wrapped:
+        err = wrapped.__cause__
+        if not isinstance(err, KeyError) or "captures tensor" not in str(err):
             raise
         raise CompressionError(
             f"Cannot write a serving SavedModel of {type(model).__name__} "
@@ -295,7 +465,15 @@ def read_metadata(path: str | os.PathLike) -> dict:
 # --------------------------------------------------------------------------------------------
 # Root object, metadata, verification, atomic move
 # --------------------------------------------------------------------------------------------
-def _export_root(model: Any, built: _Built) -> tuple[tf.Module, list[dict]]:
+def _export_root(holders: list[Any], built: _Built) -> tuple[tf.Module, list[dict]]:
+    """The SavedModel root: the variables the signatures read, and nothing else.
+
+    Compressed tables go under ``tables`` (their checkpoint keys are recorded in the
+    metadata for `compression_report`), the other variables the signatures read under
+    ``other_variables``, the id maps and lookup tables under ``resources``. The signature
+    functions are not attached to the root: attached, SavedModel would store each of them
+    a second time beside its signature.
+    """
     used: dict[int, tf.Variable] = {}
     for sig in built.signatures.values():
         for var in sig.concrete.variables:
@@ -303,7 +481,7 @@ def _export_root(model: Any, built: _Built) -> tuple[tf.Module, list[dict]]:
     root = tf.Module()
     tables: list[dict] = []
     table_vars: list[dict[str, tf.Variable]] = []
-    for layer in [model, *iter_layers(model)]:
+    for layer in holders:
         if not isinstance(layer, CompressedEmbedding):
             continue
         tvars = layer.tf_variables()
@@ -324,8 +502,7 @@ def _export_root(model: Any, built: _Built) -> tuple[tf.Module, list[dict]]:
             used.pop(id(v), None)
     root.tables = table_vars
     root.other_variables = list(used.values())
-    for name, sig in built.signatures.items():
-        setattr(root, name, sig.function)
+    root.resources = list(built.trackables)
     return root, tables
 
 
@@ -369,29 +546,46 @@ def _metadata(
             for name, sig in built.signatures.items()
         },
         "tables": tables,
+        **built.metadata,
     }
 
 
 def sample_inputs(meta: Mapping[str, Any], signature: str, *, k: int | None = None) -> dict:
     """Valid example inputs for a signature of an export (from its metadata).
 
-    Ids are spread over ``[0, num_users)`` / ``[0, num_items)``; for ``"call"`` exports,
-    integer inputs are 0 (valid for every table) and float inputs a fixed ramp.
+    Ids are spread over ``[0, num_users)`` / ``[0, num_items)``, or taken from the examples
+    recorded for raw ids; ``exclude_item_ids`` holds two item ids per user; for ``"call"``
+    exports, integer inputs are 0 (valid for every table), string inputs empty (the
+    out-of-vocabulary id of a lookup) and float inputs a fixed ramp.
     """
     spec = meta["signatures"][signature]["inputs"]
+    raw = meta.get("ids") or {}
     out = {}
+    batch = 4
     for name, s in spec.items():
         dtype = tf.as_dtype(s["dtype"])
-        shape = [4 if d is None else d for d in s["shape"]]
+        shape = [batch if d is None else d for d in s["shape"]]
         if name == "k":
             k_val = k if k is not None else meta.get("default_k") or 1
-            out[name] = tf.constant(min(int(k_val), int(meta["num_items"])), dtype)
-        elif name in ("user_ids", "item_ids") and meta.get("kind") == "retrieval":
-            limit = int(meta["num_users"] if name == "user_ids" else meta["num_items"])
-            n = shape[0] if shape else 1
-            out[name] = tf.constant(np.linspace(0, limit - 1, n).astype(np.int64), dtype)
+            limit = meta.get("num_candidates") or meta["num_items"]
+            out[name] = tf.constant(min(int(k_val), int(limit)), dtype)
+        elif name in ("user_ids", "item_ids", "exclude_item_ids") and meta.get("kind") == (
+            "retrieval"
+        ):
+            key = "user_ids" if name == "user_ids" else "item_ids"
+            if key in raw:
+                examples = list(raw[key]["examples"])
+                values = [examples[i % len(examples)] for i in range(batch)]
+            else:
+                limit = int(meta["num_users"] if key == "user_ids" else meta["num_items"])
+                values = np.linspace(0, limit - 1, batch).astype(np.int64).tolist()
+            if name == "exclude_item_ids":
+                values = [[values[i], values[(i + 1) % batch]] for i in range(batch)]
+            out[name] = tf.constant(values, dtype)
         elif dtype.is_integer:
             out[name] = tf.zeros(shape, dtype)
+        elif dtype == tf.string:  # an id a lookup does not know: its out-of-vocabulary row
+            out[name] = tf.fill(shape, "")
         else:
             size = int(np.prod(shape)) if shape else 1
             ramp = np.linspace(-1.0, 1.0, size).reshape(shape).astype(dtype.as_numpy_dtype)
@@ -400,14 +594,31 @@ def sample_inputs(meta: Mapping[str, Any], signature: str, *, k: int | None = No
 
 
 def _verify_saved(tmp: Path, built: _Built, metadata: dict) -> None:
-    loaded = tf.saved_model.load(str(tmp))
+    try:
+        loaded = tf.saved_model.load(str(tmp))
+    except Exception as err:  # noqa: BLE001 - reported as a failed verification
+        raise ExportVerificationError(
+            f"The written SavedModel does not load ({type(err).__name__}: {err}); nothing was "
+            "written."
+        ) from err
     for name, sig in built.signatures.items():
         inputs = sample_inputs(metadata, name)
-        expected = sig.concrete(**inputs)
-        got = loaded.signatures[name](**inputs)
+        try:
+            expected = sig.concrete(**inputs)
+            got = loaded.signatures[name](**inputs)
+        except Exception as err:  # noqa: BLE001 - reported as a failed verification
+            raise ExportVerificationError(
+                f"Signature {name!r} failed on example inputs {sorted(inputs)} "
+                f"({type(err).__name__}: {str(err).strip()[:400]}); nothing was written. "
+                "Check the model's call on such inputs, or pass verify=False."
+            ) from err
         for key, value in expected.items():
             a, b = np.asarray(value), np.asarray(got[key])
-            if a.shape != b.shape or not np.allclose(a, b, rtol=1e-6, atol=1e-6):
+            if a.dtype.kind in "fc":
+                same = a.shape == b.shape and np.allclose(a, b, rtol=1e-6, atol=1e-6)
+            else:  # integer or string ids
+                same = a.shape == b.shape and np.array_equal(a, b)
+            if not same:
                 raise ExportVerificationError(
                     f"Signature {name!r} output {key!r} of the reloaded SavedModel differs "
                     "from the in-memory model; nothing was written."

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfembsize._keras import is_legacy_keras
+from tfembsize.layers._packing import unpack_tf
 from tfembsize.layers.compressed_embedding import CompressedEmbedding
 from tfembsize.layers.utils import iter_layers
 
@@ -34,10 +35,24 @@ class _Signature:
 
 @dataclasses.dataclass
 class _Built:
+    """The signatures of an export, with what the root must track and extra metadata.
+
+    Attributes:
+        signatures: name -> signature.
+        item_scoring: see `ExportResult.item_scoring`.
+        num_users: rows of the user table (retrieval exports).
+        num_items: rows of the item table (retrieval exports).
+        trackables: objects the SavedModel root must hold so that the resources the
+            signatures capture (vocabulary tables, their files) are saved.
+        metadata: entries added to the export metadata.
+    """
+
     signatures: dict[str, _Signature]
     item_scoring: str = ""
     num_users: int | None = None
     num_items: int | None = None
+    trackables: list[Any] = dataclasses.field(default_factory=list)
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def is_retrieval_model(model: Any) -> bool:
@@ -90,8 +105,72 @@ def _checked_k(k: tf.Tensor, num_items: int) -> tf.Tensor:
         return tf.identity(k)
 
 
-def _item_scorer(model: Any) -> tuple[Callable[[tf.Tensor, tf.Tensor], tuple], str]:
-    """How to score all items for a batch of user vectors, and its name."""
+@dataclasses.dataclass
+class _Scorer:
+    """Scores every row of an item table for a batch of query vectors.
+
+    Scores come in *positions*: the slot order of a compressed table (scored class block by
+    class block, never decompressed) or the row order of a dense matrix.
+
+    Attributes:
+        scores: ``q [b, D] -> [b, rows]`` scores in position order.
+        positions: ``rows int32 -> positions int32`` (valid rows only).
+        rows: ``positions int32 -> rows int32``.
+        num_rows: rows of the item table.
+        how: the `ExportResult.item_scoring` name of the path.
+    """
+
+    scores: Callable[[tf.Tensor], tf.Tensor]
+    positions: Callable[[tf.Tensor], tf.Tensor]
+    rows: Callable[[tf.Tensor], tf.Tensor]
+    num_rows: int
+    how: str
+
+
+def _identity(x: tf.Tensor) -> tf.Tensor:
+    return x
+
+
+def _matrix_scorer(matrix: Callable[[], tf.Tensor], num_rows: int, how: str) -> _Scorer:
+    def scores(q: tf.Tensor) -> tf.Tensor:
+        return tf.matmul(q, tf.cast(matrix(), q.dtype), transpose_b=True)
+
+    return _Scorer(scores, _identity, _identity, num_rows, how)
+
+
+def compressed_scorer(layer: CompressedEmbedding) -> _Scorer:
+    """Scores on the compressed storage of a ``scoring=True`` table, in slot order."""
+    bits = layer.index_bits
+
+    def positions(rows: tf.Tensor) -> tf.Tensor:
+        return unpack_tf(tf.convert_to_tensor(layer.tf_variables()["row_to_slot"]), rows, bits)
+
+    def rows(slots: tf.Tensor) -> tf.Tensor:
+        return unpack_tf(tf.convert_to_tensor(layer.tf_variables()["slot_to_row"]), slots, bits)
+
+    return _Scorer(layer.slot_scores, positions, rows, int(layer.input_dim), "compressed")
+
+
+def table_scorer(layer: Any, num_rows: int) -> _Scorer | None:
+    """A direct scorer for an item table layer, or None when it has no direct path."""
+    if isinstance(layer, CompressedEmbedding):
+        if layer.scoring:
+            return compressed_scorer(layer)
+        logger.warning(
+            "Item table '%s' was compressed with scoring=False; serving decompresses it "
+            "in every call. Compress with scoring=True (the default for retrieval "
+            "models) to score the compressed blocks directly.",
+            layer.name,
+        )
+        return None
+    table = getattr(layer, "embeddings", None)
+    if table is not None and not getattr(layer, "_tfembsize_searchable", False):
+        return _matrix_scorer(lambda: tf.convert_to_tensor(table), num_rows, "dense_table")
+    return None
+
+
+def _item_scorer(model: Any) -> _Scorer:
+    """How to score all items of a retrieval-protocol model for a batch of user vectors."""
     num_items = int(model.num_items)
     ids = tf.range(num_items, dtype=tf.int32)
     items = None
@@ -109,40 +188,60 @@ def _item_scorer(model: Any) -> tuple[Callable[[tf.Tensor, tf.Tensor], tuple], s
             continue
         if items is None or rows.shape != items.shape or not np.array_equal(rows, items):
             continue  # (items is set whenever there are candidates)
-        if isinstance(layer, CompressedEmbedding):
-            if layer.scoring:
-                return (lambda q, k, layer=layer: layer.top_k(q, k)), "compressed"
-            logger.warning(
-                "Item table '%s' was compressed with scoring=False; serving decompresses it "
-                "in every call. Compress with scoring=True (the default for retrieval "
-                "models) to score the compressed blocks directly.",
-                layer.name,
-            )
-            break
-        table = getattr(layer, "embeddings", None)
-        if table is not None and not getattr(layer, "_tfembsize_searchable", False):
-
-            def dense(q: tf.Tensor, k: tf.Tensor, table: Any = table) -> tuple:
-                top = tf.math.top_k(tf.matmul(q, tf.convert_to_tensor(table), transpose_b=True), k)
-                return top.indices, top.values
-
-            return dense, "dense_table"
+        scorer = table_scorer(layer, num_items)
+        if scorer is not None:
+            return scorer
         break
     if callable(getattr(model, "representations", None)):
+        return _matrix_scorer(
+            lambda: model.representations(training=False)[1], num_items, "representations"
+        )
+    return _matrix_scorer(
+        lambda: model.embed_items(tf.range(num_items, dtype=tf.int32)), num_items, "embed_items"
+    )
 
-        def via_representations(q: tf.Tensor, k: tf.Tensor) -> tuple:
-            _, item_matrix = model.representations(training=False)
-            top = tf.math.top_k(tf.matmul(q, item_matrix, transpose_b=True), k)
-            return top.indices, top.values
 
-        return via_representations, "representations"
+def masked_top_k(
+    scorer: _Scorer,
+    queries: tf.Tensor,
+    k: tf.Tensor,
+    exclude_rows: tf.Tensor,
+    blocked_rows: Sequence[int] | np.ndarray = (),
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Top-k rows per query, with excluded rows masked to -inf before the top-k.
 
-    def via_embed_items(q: tf.Tensor, k: tf.Tensor) -> tuple:
-        item_matrix = model.embed_items(tf.range(num_items, dtype=tf.int32))
-        top = tf.math.top_k(tf.matmul(q, item_matrix, transpose_b=True), k)
-        return top.indices, top.values
+    Args:
+        scorer: how to score every row.
+        queries: ``[b, D]`` query vectors.
+        k: int32 scalar.
+        exclude_rows: ``[b, m]`` int32 rows to leave out per query; entries outside
+            ``[0, num_rows)`` are padding and ignored.
+        blocked_rows: rows that are never candidates (e.g. the out-of-vocabulary row of a
+            lookup), masked for every query.
 
-    return via_embed_items, "embed_items"
+    Returns:
+        ``(rows [b, k] int32, scores [b, k])``. A row whose score is -inf is excluded; it
+        is returned only when ``k`` exceeds the rows left.
+    """
+    scores = scorer.scores(queries)
+    n = scorer.num_rows
+    neg = tf.constant(-np.inf, scores.dtype)
+    if len(blocked_rows):
+        pos = scorer.positions(tf.constant(np.asarray(blocked_rows, np.int32)))
+        hit = tf.scatter_nd(pos[:, None], tf.ones_like(pos), [n]) > 0
+        scores = tf.where(hit[None, :], neg, scores)
+    b = tf.shape(scores)[0]
+    m = tf.shape(exclude_rows)[1]
+    valid = tf.logical_and(exclude_rows >= 0, exclude_rows < n)
+    flat = tf.reshape(tf.where(valid, exclude_rows, 0), [-1])
+    pos = tf.where(tf.reshape(valid, [-1]), scorer.positions(flat), n)  # n: a spare column
+    batch = tf.reshape(tf.tile(tf.range(b)[:, None], [1, m]), [-1])
+    padded = tf.concat([scores, tf.zeros([b, 1], scores.dtype)], axis=1)
+    padded = tf.tensor_scatter_nd_update(
+        padded, tf.stack([batch, pos], axis=1), tf.fill([b * m], neg)
+    )
+    top = tf.math.top_k(padded[:, :n], k)
+    return scorer.rows(top.indices), top.values
 
 
 def resolve_jit_compile(model: Any, jit_compile: bool | None) -> bool:
@@ -176,47 +275,90 @@ def _maybe_jit(fn: Callable, jit_compile: bool) -> Callable:
     return tf.function(fn, jit_compile=True, autograph=False) if jit_compile else fn
 
 
+def core_function(fn: Callable, specs: Sequence[tf.TensorSpec], jit_compile: bool) -> Any:
+    """``fn`` as one ``tf.function`` with a fixed input signature, optionally XLA-compiled.
+
+    Every signature that needs the computation calls this one function, so the SavedModel
+    stores its graph once instead of once per signature.
+    """
+    return tf.function(
+        fn, input_signature=list(specs), jit_compile=bool(jit_compile), autograph=False
+    )
+
+
+def no_exclusions(ids: tf.Tensor) -> tf.Tensor:
+    """An empty ``[b, 0]`` int32 exclusion matrix for a batch of ``b`` ids."""
+    return tf.zeros([tf.shape(ids)[0], 0], tf.int32)
+
+
 def _retrieval_signatures(model: Any, *, id_dtype: tf.DType, jit_compile: bool) -> _Built:
     num_users, num_items = int(model.num_users), int(model.num_items)
-    scorer, how = _item_scorer(model)
+    scorer = _item_scorer(model)
 
-    def recommend(user_ids: tf.Tensor, k: tf.Tensor) -> tuple:
-        ids, scores = scorer(model.embed_users(user_ids), k)
-        return ids, scores
+    rows_spec = tf.TensorSpec([None], tf.int32)
 
-    core_recommend = _maybe_jit(recommend, jit_compile)
-    core_users = _maybe_jit(lambda ids: model.embed_users(ids), jit_compile)
-    core_items = _maybe_jit(lambda ids: model.embed_items(ids), jit_compile)
+    def user_vectors(user_rows: tf.Tensor) -> tf.Tensor:
+        return tf.cast(model.embed_users(user_rows), tf.float32)
+
+    def item_vectors(item_rows: tf.Tensor) -> tf.Tensor:
+        return tf.cast(model.embed_items(item_rows), tf.float32)
+
+    core_users = core_function(user_vectors, [rows_spec], jit_compile)
+    core_items = core_function(item_vectors, [rows_spec], jit_compile)
+
+    def recommend(user_rows: tf.Tensor, k: tf.Tensor, exclude_rows: tf.Tensor) -> tuple:
+        # core_users is called, not inlined: its graph is stored once for both signatures.
+        return masked_top_k(scorer, core_users(user_rows), k, exclude_rows)
+
+    core_recommend = core_function(
+        recommend,
+        [rows_spec, tf.TensorSpec([], tf.int32), tf.TensorSpec([None, None], tf.int32)],
+        jit_compile,
+    )
 
     user_spec = tf.TensorSpec([None], id_dtype, name="user_ids")
     item_spec = tf.TensorSpec([None], id_dtype, name="item_ids")
     k_spec = tf.TensorSpec([], tf.int32, name="k")
+    exclude_spec = tf.TensorSpec([None, None], id_dtype, name="exclude_item_ids")
+
+    def top_k(user_ids: tf.Tensor, k: tf.Tensor, exclude: tf.Tensor | None) -> dict:
+        ids = _checked_ids(user_ids, num_users, "user_ids", "num_users")
+        k = _checked_k(k, num_items)
+        if exclude is None:
+            rows = no_exclusions(ids)
+        else:  # ids outside [0, num_items) are padding; the cast cannot wrap them inside
+            inside = tf.logical_and(exclude >= 0, exclude < num_items)
+            rows = tf.where(inside, tf.cast(exclude, tf.int32), -1)
+        item_ids, scores = core_recommend(ids, k, rows)
+        return {"item_ids": tf.cast(item_ids, id_dtype), "scores": tf.cast(scores, tf.float32)}
 
     @tf.function(input_signature=[user_spec, k_spec], autograph=False)
     def serving_default(user_ids: tf.Tensor, k: tf.Tensor) -> dict:
-        ids = _checked_ids(user_ids, num_users, "user_ids", "num_users")
-        k = _checked_k(k, num_items)
-        item_ids, scores = core_recommend(ids, k)
-        return {"item_ids": tf.cast(item_ids, id_dtype), "scores": tf.cast(scores, tf.float32)}
+        return top_k(user_ids, k, None)
+
+    @tf.function(input_signature=[user_spec, k_spec, exclude_spec], autograph=False)
+    def serving_excluding(user_ids: tf.Tensor, k: tf.Tensor, exclude_item_ids: tf.Tensor) -> dict:
+        return top_k(user_ids, k, exclude_item_ids)
 
     @tf.function(input_signature=[user_spec], autograph=False)
     def embed_users(user_ids: tf.Tensor) -> dict:
         ids = _checked_ids(user_ids, num_users, "user_ids", "num_users")
-        return {"embeddings": tf.cast(core_users(ids), tf.float32)}
+        return {"embeddings": core_users(ids)}
 
     @tf.function(input_signature=[item_spec], autograph=False)
     def embed_items(item_ids: tf.Tensor) -> dict:
         ids = _checked_ids(item_ids, num_items, "item_ids", "num_items")
-        return {"embeddings": tf.cast(core_items(ids), tf.float32)}
+        return {"embeddings": core_items(ids)}
 
     sigs = {}
     for name, fn, specs in (
         ("serving_default", serving_default, [user_spec, k_spec]),
+        ("serving_excluding", serving_excluding, [user_spec, k_spec, exclude_spec]),
         ("embed_users", embed_users, [user_spec]),
         ("embed_items", embed_items, [item_spec]),
     ):
         sigs[name] = _Signature(fn, fn.get_concrete_function(), {s.name: s for s in specs})
-    return _Built(sigs, item_scoring=how, num_users=num_users, num_items=num_items)
+    return _Built(sigs, item_scoring=scorer.how, num_users=num_users, num_items=num_items)
 
 
 def _call_specs(model: Any, input_signature: Any) -> tuple[list[tf.TensorSpec], str]:
