@@ -22,6 +22,7 @@ LEGACY_ONLY = {"tfembsize.integrations.tfrs"}
 # parent's __all__ (every other submodule the README shows must be).
 ON_DEMAND = {
     "tfembsize.integrations",
+    "tfembsize.integrations.keras_tuner",
     "tfembsize.integrations.tfrs",
     "tfembsize.protocol",
     "tfembsize.testing",
