@@ -53,6 +53,14 @@ def test_input_is_copied():
         ({"t": [[1, 2]]}, ValueError, r"sizes for 't' must be a 1-D vector\. Received shape"),
         ({"t": [1.5, 2.0]}, TypeError, r"sizes for 't' must be integers\. Received dtype float"),
         ({"t": [2**40]}, ValueError, r"sizes for 't' do not fit in int32"),
+        (
+            {"x": [-1, 2]},
+            ValueError,
+            r"sizes for 'x' must be at least 1 \(every row keeps at least one coordinate\)\. "
+            r"Received size -1 at row 0\.",
+        ),
+        ({"ok": [1], "x": [3, 2, 0]}, ValueError, r"sizes for 'x' .* Received size 0 at row 2"),
+        ({"x": np.array([2, 2.5])}, TypeError, r"sizes for 'x' must be integers"),
     ],
 )
 def test_construction_errors(tables, error, match):
@@ -109,8 +117,10 @@ def test_repair_without_priority_water_fills():
     # [8, 3, 6] -> [7, 3, 6] -> [6, 3, 6] -> [5, 3, 6] -> [5, 3, 5] -> [4, 3, 5]
     out = SizePlan({"a": [8, 3], "b": [6]}).repair(budget)
     assert out == SizePlan({"a": [4, 3], "b": [5]})
-    out = SizePlan({"a": [0, 9], "b": [1]}).repair(budget)  # clip -> [1, 8, 1] = 10, +2
+    out = SizePlan({"a": [1, 9], "b": [1]}).repair(budget)  # clip -> [1, 8, 1] = 10, +2
     assert out == SizePlan({"a": [2, 8], "b": [2]})
+    # Raw sizes below 1 are no plan, but `repaired` makes one from them the same way.
+    assert SizePlan.repaired({"a": [0, 9], "b": [-2]}, budget) == SizePlan({"a": [2, 8], "b": [2]})
 
 
 def test_repair_respects_min_size_and_full_tables():
@@ -167,21 +177,32 @@ def plans_and_budgets(draw):
             for k, v in tables.items()
         }
     min_size = draw(st.integers(1, min(3, d_max)))
-    return SizePlan(tables), budget, priority, min_size
+    return tables, budget, priority, min_size
 
 
 @settings(max_examples=1200, deadline=None)
 @given(case=plans_and_budgets())
 def test_repair_property(case):
-    plan, budget, priority, min_size = case
+    raw, budget, priority, min_size = case
+    valid = all(min(v, default=1) >= 1 for v in raw.values())
+    plan = SizePlan(raw) if valid else SizePlan.__new__(SizePlan)  # a draft, for the checks
+    if not valid:
+        with pytest.raises(ValueError, match="must be at least 1"):
+            SizePlan(raw)
+        plan._tables = {k: np.asarray(v, np.int32) for k, v in raw.items()}
     rows = plan.num_rows()
     limit = budget.max_params_for(rows)
     if min_size * rows > limit:
         with pytest.raises(BudgetInfeasibleError):
-            plan.repair(budget, priority, min_size=min_size)
+            SizePlan.repaired(raw, budget, priority, min_size=min_size)
         return
     fitted = plan.fits(budget, min_size=min_size)
-    out = plan.repair(budget, priority, min_size=min_size)
+    out = SizePlan.repaired(raw, budget, priority, min_size=min_size)
+    if valid:  # `repair` of a plan and `repaired` of its sizes agree
+        repaired = plan.repair(budget, priority, min_size=min_size)
+        assert repaired == out
+        if fitted:
+            assert repaired is plan  # a plan that already fits is returned unchanged
     # names, lengths and the guarantee
     assert list(out) == list(plan)
     assert [len(v) for v in out.values()] == [len(v) for v in plan.values()]
@@ -190,7 +211,7 @@ def test_repair_property(case):
     for v in out.values():
         assert v.size == 0 or (v.min() >= min_size and v.max() <= budget.d_max)
     if fitted:
-        assert out is plan  # a plan that already fits is returned unchanged
+        assert out == plan  # sizes that already fit are kept
         return
     # otherwise the budget is used up, or every row is full
     assert out.total_params() == min(limit, rows * budget.d_max)
@@ -234,7 +255,7 @@ def test_persistence_errors(tmp_path):
         SizePlan({"a": [1]}).save(tmp_path / "plan.pkl")
     bad = tmp_path / "bad.npz"
     np.savez(bad, weights=np.ones(3))
-    with pytest.raises(StateFileError, match=r"size plan '.*bad\.npz' is not a SizePlan \.npz"):
+    with pytest.raises(StateFileError, match=r"size plan '.*bad\.npz' holds no tables"):
         SizePlan.load(bad)
     cut = tmp_path / "cut.json"
     cut.write_text('{"format": "tfembsize.SizePlan", "tab')
@@ -242,7 +263,7 @@ def test_persistence_errors(tmp_path):
         SizePlan.load(cut)
     zipless = tmp_path / "zipless.npz"
     zipless.write_bytes(b"PK not really")
-    with pytest.raises(StateFileError, match=r"'.*zipless\.npz' is not a readable \.npz"):
+    with pytest.raises(StateFileError, match=r"'.*zipless\.npz' is not an \.npz archive"):
         SizePlan.load(zipless)
     with pytest.raises(StateFileError, match=r"size plan '.*missing\.json' does not exist"):
         SizePlan.load(tmp_path / "missing.json")
@@ -250,6 +271,31 @@ def test_persistence_errors(tmp_path):
     np.savez(obj, **{"table:a": np.array([{"x": 1}], dtype=object)})
     with pytest.raises(ValueError, match="allow_pickle"):  # never unpickles
         SizePlan.load(obj)
+
+
+def test_a_saved_plan_with_invalid_or_edited_sizes_is_refused(tmp_path):
+    # A file written before plans were checked on construction (and before checksums).
+    old = tmp_path / "old.json"
+    old.write_text(
+        json.dumps({"format": "tfembsize.SizePlan", "version": 1, "tables": {"x": [-1, 2]}})
+    )
+    with pytest.raises(
+        StateFileError,
+        match=r"size plan '.*old\.json' is not a valid plan: .*'x'.*size -1 at row 0",
+    ):
+        SizePlan.load(old)
+    old_npz = tmp_path / "old.npz"
+    np.savez(old_npz, **{"table:x": np.array([3, 0])})
+    with pytest.raises(StateFileError, match=r"old\.npz' is not a valid plan: .*size 0 at row 1"):
+        SizePlan.load(old_npz)
+    # A plan saved now carries a checksum: an edited size is detected.
+    path = tmp_path / "plan.json"
+    SizePlan({"x": [3, 2]}).save(path)
+    raw = json.loads(path.read_text())
+    raw["tables"]["x"][0] = 8
+    path.write_text(json.dumps(raw))
+    with pytest.raises(StateFileError, match=r"plan\.json' does not match its checksum.*Save the"):
+        SizePlan.load(path)
 
 
 # Models ------------------------------------------------------------------------------------------
@@ -308,7 +354,12 @@ def test_apply_errors_and_atomicity():
         ValueError, match=r"'item_embedding' has 4 sizes but the layer has input_dim=5"
     ):
         SizePlan({"item_embedding": [1, 1, 1, 1]}).apply(model)
-    with pytest.raises(ValueError, match=r"sizes must lie in \[min_size=1, output_dim=4\]"):
+    # d_max is the layer's: a size over it is refused at apply, naming table, row and size.
+    with pytest.raises(
+        ValueError,
+        match=r"Layer 'item_embedding': sizes must lie in \[min_size=1, output_dim=4\]\. "
+        r"Received size 5 at row 4\.",
+    ):
         SizePlan({"user_embedding": [1, 1, 1], "item_embedding": [1, 1, 1, 1, 5]}).apply(model)
     assert model.users.sizes.tolist() == [4, 4, 4]  # nothing was applied
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["BudgetExceededError", "BudgetInfeasibleError", "StateFileError"]
+__all__ = [
+    "BudgetExceededError",
+    "BudgetInfeasibleError",
+    "StateFileError",
+    "StateWriteError",
+    "TargetMissedError",
+]
 
 
 class BudgetExceededError(ValueError):
@@ -31,8 +37,23 @@ class BudgetInfeasibleError(ValueError):
 class StateFileError(ValueError):
     """A saved file (run state, plan, checkpoint) is missing, damaged or of another kind.
 
-    The message names the file's path.
+    Raised for a file that is missing, empty, truncated, not valid JSON or ``.npz``, edited
+    after it was written (its checksum does not match), of another format, or inconsistent
+    with the files written with it. The message names the file's path and the way out.
     """
+
+
+class StateWriteError(OSError):
+    """A file could not be written: the disk is full, read-only, or permission is denied.
+
+    ``errno`` is the underlying error's; the message names the path and what to do. The
+    write was atomic, so the file's previous version, if any, is intact.
+
+    Attributes:
+        path: the file (or folder) that could not be written.
+    """
+
+    path: str = ""
 
 
 class TargetMissedError(RuntimeError):

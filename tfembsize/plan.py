@@ -23,7 +23,7 @@ __all__ = ["SizePlan"]
 _FORMAT = "tfembsize.SizePlan"
 
 
-def _as_sizes(name: str, values: Any) -> np.ndarray:
+def _as_sizes(name: str, values: Any, *, draft: bool = False) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim != 1:
         raise ValueError(
@@ -38,8 +38,29 @@ def _as_sizes(name: str, values: Any) -> np.ndarray:
             )
     if arr.size and (arr.min() < np.iinfo(np.int32).min or arr.max() > np.iinfo(np.int32).max):
         raise ValueError(f"SizePlan: sizes for {name!r} do not fit in int32.")
+    if not draft and arr.size and arr.min() < 1:
+        row = int(np.argmin(arr))
+        raise ValueError(
+            f"SizePlan: sizes for {name!r} must be at least 1 (every row keeps at least one "
+            f"coordinate). Received size {int(arr[row])} at row {row}. Raw sizes that may fall "
+            "below 1 become a plan with SizePlan.repaired(tables, budget)."
+        )
     out = arr.astype(np.int32, copy=True)
     out.flags.writeable = False
+    return out
+
+
+def _tables_of(tables: Any, *, draft: bool = False) -> dict[str, np.ndarray]:
+    """Checked, read-only int32 copies of ``tables`` (``draft`` allows sizes below 1)."""
+    if not isinstance(tables, Mapping):
+        raise TypeError(
+            f"SizePlan takes a mapping of layer name to sizes. Received {type(tables)!r}."
+        )
+    out: dict[str, np.ndarray] = {}
+    for name, values in tables.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"SizePlan: layer names must be non-empty strings: {name!r}")
+        out[name] = _as_sizes(name, values, draft=draft)
     return out
 
 
@@ -50,8 +71,24 @@ class SizePlan(Mapping):
     layer ``name`` keeps its first ``plan[name][n]`` coordinates. A plan is immutable; its
     methods return new plans.
 
+    Sizes are checked when the plan is made: they must be integers of at least 1. A size of 0
+    is refused too: no searchable layer can drop a row entirely (their ``min_size`` is at
+    least 1). The upper bound, the full width ``d_max``, belongs to the layers or the budget,
+    not to the plan, so it is checked where it is known: by `check` and `fits` against a
+    budget (which `repair` enforces), and by `apply` against each layer's width (a size over
+    it is refused, naming the layer, the row and the size, and no layer changes). Raw sizes
+    that may fall below 1 (a policy's rounded output, say) become a plan through
+    `SizePlan.repaired`.
+
     Args:
-        tables: mapping of layer name to a 1-D integer array of sizes (one per row).
+        tables: mapping of layer name to a 1-D integer array of sizes (one per row), each
+            at least 1.
+
+    Raises:
+        TypeError: ``tables`` is not a mapping, a name is not a non-empty string, or sizes
+            are not integers.
+        ValueError: sizes are not a 1-D vector, do not fit in int32, or a size is below 1
+            (the message names the table, the row and the size).
 
     Example:
         >>> plan = SizePlan({"user_embedding": [4, 2], "item_embedding": [1, 1, 8]})
@@ -60,15 +97,7 @@ class SizePlan(Mapping):
     """
 
     def __init__(self, tables: Mapping[str, Any]) -> None:
-        if not isinstance(tables, Mapping):
-            raise TypeError(
-                f"SizePlan takes a mapping of layer name to sizes. Received {type(tables)!r}."
-            )
-        self._tables: dict[str, np.ndarray] = {}
-        for name, values in tables.items():
-            if not isinstance(name, str) or not name:
-                raise TypeError(f"SizePlan: layer names must be non-empty strings: {name!r}")
-            self._tables[name] = _as_sizes(name, values)
+        self._tables: dict[str, np.ndarray] = _tables_of(tables)
 
     # Mapping protocol -------------------------------------------------------------------------
     def __getitem__(self, name: str) -> np.ndarray:
@@ -210,6 +239,42 @@ class SizePlan(Mapping):
         plan.check(budget, min_size=min_size)  # the guarantee, asserted
         return plan
 
+    @classmethod
+    def repaired(
+        cls,
+        tables: Mapping[str, Any],
+        budget: Budget,
+        priority: Mapping[str, Any] | None = None,
+        *,
+        min_size: int = 1,
+    ) -> SizePlan:
+        """A plan within ``budget`` made from raw sizes, which may lie outside the bounds.
+
+        The sizes are taken as they are if they already satisfy the budget and
+        ``min_size <= d <= budget.d_max``; otherwise they are repaired exactly as `repair`
+        does (clipped into the bounds, cut by priority, unused budget handed back).
+
+        Args:
+            tables: mapping of layer name to a 1-D integer array of raw sizes (any integers).
+            budget: the budget, spanning every table.
+            priority: as in `repair`.
+            min_size: smallest size a row may get.
+
+        Returns:
+            A valid `SizePlan` with the same names and lengths.
+
+        Raises:
+            BudgetInfeasibleError, ValueError, KeyError: as `repair`.
+
+        Example:
+            >>> SizePlan.repaired({"t": [0, 9, 1]}, Budget(max_params=12, d_max=8))["t"].tolist()
+            [2, 8, 2]
+        """
+        draft = cls.__new__(cls)
+        draft._tables = _tables_of(tables, draft=True)
+        out = draft.repair(budget, priority, min_size=min_size)
+        return cls(draft._tables) if out is draft else out
+
     def _flat_priority(
         self, priority: Mapping[str, Any], names: list[str], lengths: list[int]
     ) -> np.ndarray:
@@ -246,30 +311,43 @@ class SizePlan(Mapping):
         return cls(d["tables"])
 
     def save(self, path: str | os.PathLike) -> None:
-        """Writes the plan as JSON (``.json``) or numpy ``.npz`` (never pickle), atomically."""
+        """Writes the plan as JSON (``.json``) or numpy ``.npz`` (never pickle), atomically.
+
+        The file carries a checksum, so `load` detects a size edited or damaged afterwards.
+        """
         path = os.fspath(path)
         if _kind(path) == "json":
             _io.write_json(path, self.to_dict(), indent=None)
         else:
-            _io.write_npz(path, {f"table:{k}": v for k, v in self._tables.items()})
+            _io.write_npz(path, {f"table:{k}": v for k, v in self._tables.items()}, format=_FORMAT)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SizePlan:
         """Reads a plan written by `save`.
 
         Raises:
-            tfembsize.errors.StateFileError: the file is missing, damaged or not a plan (the
-                message names the path).
-            ValueError: the file holds sizes that are not a valid plan.
+            tfembsize.errors.StateFileError: the file is missing, damaged, edited after it
+                was saved, not a plan, or holds sizes that are not a valid plan (the message
+                names the path).
         """
         path = os.fspath(path)
+        remedy = "Save the plan again, or restore the file from a backup."
         if _kind(path) == "json":
-            return cls.from_dict(_io.read_json(path, format=_FORMAT, what="size plan"))
-        arrays = _io.read_npz(path, what="size plan")
-        tables = {k[len("table:") :]: v for k, v in arrays.items() if k.startswith("table:")}
-        if not tables or len(tables) != len(arrays):
-            raise StateFileError(f"The size plan {path!r} is not a SizePlan .npz file.")
-        return cls(tables)
+            payload = _io.read_json(path, format=_FORMAT, what="size plan", remedy=remedy)
+            tables = payload.get("tables")
+        else:
+            arrays = _io.read_npz(
+                path, format=_FORMAT, what="size plan", remedy=remedy, untagged=True
+            )
+            tables = {k[len("table:") :]: v for k, v in arrays.items() if k.startswith("table:")}
+            if not tables or len(tables) != len(arrays):
+                tables = None
+        if not isinstance(tables, Mapping):
+            raise StateFileError(f"The size plan {path!r} holds no tables. {remedy}")
+        try:
+            return cls(tables)
+        except (TypeError, ValueError) as e:
+            raise StateFileError(f"The size plan {path!r} is not a valid plan: {e} {remedy}") from e
 
     # Models -----------------------------------------------------------------------------------
     def apply(self, model: Any) -> None:

@@ -73,7 +73,7 @@ def test_captures_at_first_crossing_within_budget(tmp_path):
     # written as they were captured
     saved = np.load(tmp_path / "masks_0p5.npz")
     np.testing.assert_array_equal(saved["b"], first.masks["b"])
-    assert sorted(saved.files) == ["a", "b"]
+    assert sorted(saved.files) == ["__checksum__", "a", "b"]  # and the writer's checksum
     state = json.loads((tmp_path / "pep_state.json").read_text())
     assert [d["step"] for d in state["captures"]] == [2, 3, 3]
     assert state["missed"] == []

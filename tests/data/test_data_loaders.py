@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tfembsize.data import (
+    EmptyDataFileError,
     MalformedFileError,
     default_data_root,
     load_dataset,
@@ -149,6 +150,29 @@ def test_movielens_malformed_tab_file(tmp_path):
         MalformedFileError, match=r"u\.data, line 2: expected 4 fields separated by '\\t', found 3"
     ):
         load_movielens(tmp_path / "u.data")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("text", ["", "  \n\t\n", "\n\n", "0\n1\n"])
+def test_an_empty_lightgcn_train_file_is_refused_naming_it(tmp_path, text, gz):
+    write(tmp_path / "train.txt", text, gz)
+    write(tmp_path / "test.txt", "0 4\n1 5 7\n")  # only the test pairs would be left
+    name = "train.txt.gz" if gz else "train.txt"
+    with pytest.raises(EmptyDataFileError, match=rf"'.*{name}' holds no \(user, item\) pairs") as e:
+        load_lightgcn(tmp_path)
+    assert e.value.path.endswith(name)
+    with pytest.raises(EmptyDataFileError, match="download or copy the file again"):
+        load_dataset(tmp_path)
+
+
+@pytest.mark.parametrize("stem", ["u.data", "ratings.dat"])
+@pytest.mark.parametrize("text", ["", "   \n", "\n\n\r\n"])
+def test_an_empty_movielens_file_is_refused_naming_it(tmp_path, stem, text):
+    write(tmp_path / "ml" / stem, text)
+    with pytest.raises(EmptyDataFileError, match=rf"'.*ml/{stem}' holds no \(user, item\) pairs"):
+        load_movielens(tmp_path / "ml")
+    with pytest.raises(EmptyDataFileError, match=rf"{stem}' holds no"):
+        load_dataset(tmp_path / "ml" / stem)
 
 
 def test_movielens_missing(tmp_path):

@@ -38,6 +38,7 @@ from tfembsize.controllers._common import (
     validate_seed,
     validate_sparsities,
 )
+from tfembsize.errors import StateFileError
 from tfembsize.plan import SizePlan
 from tfembsize.records import (
     MODES,
@@ -496,7 +497,11 @@ class Controller(abc.ABC):
             generation = int(previous.get("generation", -1)) + 1
         state = self.get_state()
         arrays_file = f"arrays-{generation:06d}.npz"
-        _io.write_npz(os.path.join(directory, arrays_file), self._all_arrays())
+        _io.write_npz(
+            os.path.join(directory, arrays_file),
+            self._all_arrays(),
+            format=_STATE_FORMAT + ".arrays",
+        )
         logs_dir = os.path.join(directory, "logs") if logs_directory is None else logs_directory
         logs = {}
         for name, log in self._array_logs().items():
@@ -554,8 +559,20 @@ class Controller(abc.ABC):
         """
         directory = os.fspath(directory)
         payload = self._read_manifest(directory)
+        manifest = os.path.join(directory, "controller.json")
+        missing = [k for k in ("state", "arrays") if k not in payload]
+        if missing:
+            raise StateFileError(
+                f"The saved controller {manifest!r} lacks the entries {missing}. "
+                f"{_io.DEFAULT_REMEDY}"
+            )
         self.set_state(payload["state"])
-        arrays = _io.read_npz(os.path.join(directory, payload["arrays"]), what="controller arrays")
+        arrays = _io.read_npz(
+            os.path.join(directory, payload["arrays"]),
+            format=_STATE_FORMAT + ".arrays",
+            what="controller arrays",
+            untagged=True,
+        )
         self._set_all_arrays(arrays)
         lengths = payload.get("logs") or {}
         live = self._array_logs()
@@ -565,16 +582,25 @@ class Controller(abc.ABC):
                 f"{type(self).__name__} has {sorted(live)}."
             )
         if lengths:
-            logs_dir = os.path.join(directory, payload["logs_directory"])
+            logs_dir = os.path.normpath(os.path.join(directory, payload["logs_directory"]))
             for name, log in live.items():
                 log.reload(os.path.join(logs_dir, name), int(lengths[name]))
         if payload.get("networks"):
             import tensorflow as tf
 
             trackables = self._trackables()
-            tf.train.Checkpoint(**trackables).read(
-                os.path.join(directory, payload["networks"])
-            ).assert_consumed()
+            prefix = os.path.join(directory, payload["networks"])
+            try:
+                tf.train.Checkpoint(**trackables).read(prefix).assert_consumed()
+            except (tf.errors.OpError, IndexError, ValueError, AssertionError) as e:
+                names = sorted(
+                    n for n in os.listdir(directory) if n.startswith(payload["networks"])
+                )
+                files = [os.path.join(directory, n) for n in names] or [prefix + ".*"]
+                raise StateFileError(
+                    f"The controller's networks {files} (named by {manifest!r}) cannot be read "
+                    f"back ({type(e).__name__}: {e}). {_io.DEFAULT_REMEDY}"
+                ) from e
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Controller:

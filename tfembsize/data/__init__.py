@@ -9,6 +9,7 @@ Example:
 from tfembsize.data.interactions import PHASES, Interactions, Split
 from tfembsize.data.loaders import (
     DATASETS,
+    EmptyDataFileError,
     MalformedFileError,
     default_data_root,
     load_dataset,
@@ -22,6 +23,7 @@ __all__ = [
     "BPRSampler",
     "DATASETS",
     "Interactions",
+    "EmptyDataFileError",
     "MalformedFileError",
     "PHASES",
     "Split",

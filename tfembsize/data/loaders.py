@@ -26,6 +26,7 @@ import numpy as np
 from tfembsize.data.interactions import Interactions
 
 __all__ = [
+    "EmptyDataFileError",
     "MalformedFileError",
     "load_lightgcn",
     "load_movielens",
@@ -60,6 +61,18 @@ class MalformedFileError(ValueError):
         self.line = line
         self.reason = reason
         super().__init__(f"{path}, line {line_number}: {reason}. Line: {line!r}")
+
+
+class EmptyDataFileError(ValueError):
+    """A training file (LightGCN ``train.txt``, MovieLens ratings) holds no interactions.
+
+    Attributes:
+        path: the file.
+    """
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
 
 
 # File access ------------------------------------------------------------------------------
@@ -261,6 +274,8 @@ def load_lightgcn(directory: str | os.PathLike, *, name: str | None = None) -> I
     Raises:
         FileNotFoundError: when the folder has no ``train.txt[.gz]``.
         MalformedFileError: on a line that is not a list of non-negative integers.
+        EmptyDataFileError: ``train.txt`` holds no (user, item) pair (empty, whitespace only,
+            or user ids without items).
 
     Example:
         >>> data = load_lightgcn(default_data_root() / "gowalla")  # doctest: +SKIP
@@ -281,6 +296,7 @@ def load_lightgcn(directory: str | os.PathLike, *, name: str | None = None) -> I
     else:
         logger.warning("%s has no test.txt[.gz]; using train.txt alone.", directory)
     pairs = [_lightgcn_pairs(p) for p in files]
+    _refuse_empty(train, pairs[0][0].size)
     users = np.concatenate([u for u, _ in pairs])
     items = np.concatenate([i for _, i in pairs])
     data = Interactions.from_raw(users, items, name=name or directory.name)
@@ -323,6 +339,7 @@ def load_movielens(path: str | os.PathLike, *, name: str | None = None) -> Inter
     Raises:
         FileNotFoundError: when no ratings file is found.
         MalformedFileError: on a line without 4 fields or with a non-integer id.
+        EmptyDataFileError: the ratings file holds no rating (empty or whitespace only).
 
     Example:
         >>> data = load_movielens(default_data_root() / "ml-100k")  # doctest: +SKIP
@@ -331,6 +348,8 @@ def load_movielens(path: str | os.PathLike, *, name: str | None = None) -> Inter
     """
     file = _movielens_file(Path(path))
     data = _read_bytes(file)
+    if not data.strip():
+        _refuse_empty(file, 0)
     base = file.name[:-3] if file.name.endswith(".gz") else file.name
     if base == "ratings.dat":
         sep = b"::"
@@ -340,9 +359,21 @@ def load_movielens(path: str | os.PathLike, *, name: str | None = None) -> Inter
         first_line = data[: data.find(b"\n")] if b"\n" in data else data
         sep = b"::" if b"::" in first_line else b"\t"
     fields = _fields_separated(data, str(file), sep, num_fields=4, int_fields=2)
+    _refuse_empty(file, fields.shape[0])
     result = Interactions.from_raw(fields[:, 0], fields[:, 1], name=name or file.parent.name)
     _log_loaded(result, [file])
     return result
+
+
+def _refuse_empty(path: Path, num_pairs: int) -> None:
+    """Raises `EmptyDataFileError` when a training file holds no (user, item) pair."""
+    if num_pairs == 0:
+        raise EmptyDataFileError(
+            f"{os.fspath(path)!r} holds no (user, item) pairs: it is empty, holds only "
+            "whitespace, or lists users without items. A data set needs its training "
+            "interactions: download or copy the file again.",
+            os.fspath(path),
+        )
 
 
 def _log_loaded(data: Interactions, files: list[Path]) -> None:

@@ -170,7 +170,7 @@ class BudgetedEmbedding(MaskedEmbedding):
         if repair:
             if arr.dtype.kind not in "iu":
                 self.validate_sizes(arr)  # raises the dtype error
-            plan = SizePlan({self.name: arr}).repair(self.budget, min_size=self.min_size)
+            plan = SizePlan.repaired({self.name: arr}, self.budget, min_size=self.min_size)
             arr = plan[self.name]
         arr = self.validate_sizes(arr)
         self.budget.check_total(

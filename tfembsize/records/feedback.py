@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -307,13 +306,11 @@ class Feedback:
         """Writes the record atomically as ``.json`` (arrays inline) or ``.npz``."""
         path = os.fspath(path)
         if _file_kind(path, "Feedback") == "json":
-            _io.write_bytes(path, json.dumps(self.to_dict()).encode("utf-8"))
+            _io.write_json(path, self.to_dict(), indent=None)
             return
-        buf = io.BytesIO()
         arrays: dict[str, Any] = {"__scalars__": np.array(json.dumps(self.scalars()))}
         arrays.update(self.arrays())
-        np.savez(buf, **arrays)
-        _io.write_bytes(path, buf.getvalue())
+        _io.write_npz(path, arrays, format=_FEEDBACK_FORMAT)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Feedback:
@@ -325,7 +322,7 @@ class Feedback:
         path = os.fspath(path)
         if _file_kind(path, "Feedback") == "json":
             return cls.from_dict(_io.read_json(path, format=_FEEDBACK_FORMAT, what="feedback"))
-        arrays = _io.read_npz(path, what="feedback")
+        arrays = _io.read_npz(path, format=_FEEDBACK_FORMAT, what="feedback", untagged=True)
         if "__scalars__" not in arrays:
             raise StateFileError(f"The feedback {path!r} is not a Feedback .npz file.")
         scalars = json.loads(str(arrays.pop("__scalars__")))

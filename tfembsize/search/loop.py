@@ -30,11 +30,17 @@ A step is committed only when ``run.json`` is replaced (an atomic rename) after 
 files and the checkpoint are written, so a run killed at any moment resumes from its last
 completed step: history lines past the committed count are dropped, and the controller and
 environment are restored from the committed checkpoint.
+
+Every file is checked when a run resumes: its format and checksum (a damaged or edited file
+raises `tfembsize.errors.StateFileError` naming it), and ``run.json`` against the rest (the
+checkpoint it names must be the one of its last completed step, the history must hold that
+many steps in order, and the restored controller must have been told as many decisions as
+``run.json`` recorded). Leftovers of a crash are deleted then: temporary files of
+interrupted writes and checkpoint folders older than the committed one.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -48,6 +54,7 @@ import numpy as np
 from tfembsize import _io
 from tfembsize.budget import Budget
 from tfembsize.controllers.base import Controller
+from tfembsize.errors import StateFileError
 from tfembsize.plan import SizePlan
 from tfembsize.records import Decision, Feedback, StepRecord, step_score
 from tfembsize.search.callbacks import (
@@ -64,6 +71,11 @@ __all__ = ["run", "SearchResult", "load_history", "step_score"]
 logger = logging.getLogger(__name__)
 
 _RUN_FORMAT = "tfembsize.SearchRun"
+_STEP_FORMAT = "tfembsize.SearchStep"
+_REMEDY = (
+    "The run folder is damaged: restore it from a backup, or pass overwrite=True to start the "
+    "search again."
+)
 
 
 # Result ------------------------------------------------------------------------------------
@@ -206,7 +218,7 @@ def _save_step(directory: str, record: StepRecord) -> dict[str, Any]:
     """Writes the step's arrays and returns its history line."""
     arrays = {f"plan:{k}": v for k, v in record.plan.items()}
     arrays.update({f"feedback:{k}": v for k, v in record.feedback.arrays().items()})
-    _io.write_npz(_step_file(directory, record.iteration), arrays)
+    _io.write_npz(_step_file(directory, record.iteration), arrays, format=_STEP_FORMAT)
     return {
         "iteration": record.iteration,
         "mode": record.mode,
@@ -219,17 +231,24 @@ def _save_step(directory: str, record: StepRecord) -> dict[str, Any]:
 
 def _load_step(directory: str, line: Mapping[str, Any]) -> StepRecord:
     it = int(line["iteration"])
-    z = _io.read_npz(_step_file(directory, it), what="search step")
-    plan = SizePlan({k[5:]: v for k, v in z.items() if k.startswith("plan:")})
-    arrays = {k[9:]: v for k, v in z.items() if k.startswith("feedback:")}
-    return StepRecord(
-        iteration=it,
-        plan=plan,
-        mode=line["mode"],
-        feedback=Feedback.from_dict(line["feedback"], arrays),
-        info=line.get("info") or {},
-        elapsed=line.get("elapsed"),
-    )
+    path = _step_file(directory, it)
+    z = _io.read_npz(path, format=_STEP_FORMAT, what="search step", remedy=_REMEDY, untagged=True)
+    try:
+        plan = SizePlan({k[5:]: v for k, v in z.items() if k.startswith("plan:")})
+        arrays = {k[9:]: v for k, v in z.items() if k.startswith("feedback:")}
+        return StepRecord(
+            iteration=it,
+            plan=plan,
+            mode=line["mode"],
+            feedback=Feedback.from_dict(line["feedback"], arrays),
+            info=line.get("info") or {},
+            elapsed=line.get("elapsed"),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise StateFileError(
+            f"Step {it} of the search in {directory!r} cannot be read back from {path!r} and "
+            f"its line in history.jsonl ({type(e).__name__}: {e}). {_REMEDY}"
+        ) from e
 
 
 def load_history(directory: str | os.PathLike[str]) -> list[StepRecord]:
@@ -245,35 +264,124 @@ def _read_run(directory: str) -> dict[str, Any] | None:
     path = os.path.join(directory, "run.json")
     if not os.path.exists(path):
         return None
-    return dict(_io.read_json(path, format=_RUN_FORMAT, max_version=1, what="search run state"))
+    state = dict(
+        _io.read_json(
+            path, format=_RUN_FORMAT, max_version=1, what="search run state", remedy=_REMEDY
+        )
+    )
+    completed, ckpt = state.get("completed"), state.get("checkpoint")
+    if isinstance(completed, bool) or not isinstance(completed, int) or completed < 0:
+        raise StateFileError(
+            f"The search run state {path!r} has completed={completed!r}, not a count of "
+            f"steps. {_REMEDY}"
+        )
+    expected = _checkpoint_name(completed - 1) if completed else None
+    if ckpt != expected:
+        raise StateFileError(
+            f"The search run state {path!r} records {completed} completed steps but names the "
+            f"checkpoint {ckpt!r}; the checkpoint of its last step is {expected!r}. {_REMEDY}"
+        )
+    return state
+
+
+def _checkpoint_name(iteration: int) -> str:
+    return os.path.join("checkpoints", f"{iteration:06d}")
 
 
 def _read_history(directory: str, completed: int) -> list[StepRecord]:
     path = os.path.join(directory, "history.jsonl")
-    lines: list[dict[str, Any]] = []
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for raw in f:
-                raw = raw.strip()
-                if raw:
-                    try:
-                        lines.append(json.loads(raw))
-                    except json.JSONDecodeError:
-                        break  # a line cut by a crash; it lies past the committed count
-    if len(lines) < completed:
-        raise ValueError(
-            f"{path} holds {len(lines)} steps but run.json says {completed} were completed; "
-            "the run directory is damaged (pass overwrite=True to start again)."
+    if completed and not os.path.exists(path):
+        raise StateFileError(
+            f"The search history {path!r} does not exist, but run.json records {completed} "
+            f"completed steps. {_REMEDY}"
         )
-    return [_load_step(directory, line) for line in lines[:completed]]
+    lines = _io.read_jsonl(path, completed, what="search history", remedy=_REMEDY)
+    for i, line in enumerate(lines):
+        if not isinstance(line, Mapping) or line.get("iteration") != i:
+            found = line.get("iteration") if isinstance(line, Mapping) else line
+            raise StateFileError(
+                f"The search history {path!r}, line {i + 1}, is step {found!r}, not step {i} "
+                f"(run.json records {completed} completed steps). {_REMEDY}"
+            )
+    return [_load_step(directory, line) for line in lines]
 
 
 def _rewrite_history(directory: str, history: Sequence[StepRecord]) -> None:
     """Drops history lines past the committed count (left by a run killed mid-step)."""
     path = os.path.join(directory, "history.jsonl")
-    with open(path, encoding="utf-8") as f:
-        kept = [line for line, _ in zip(f, range(len(history)), strict=False)]
-    _io.write_bytes(path, "".join(kept).encode("utf-8"))
+    with open(path, "rb") as f:
+        lines = [line for line in f.read().split(b"\n") if line.strip()]
+    kept = lines[: len(history)]
+    _io.write_bytes(path, b"".join(line + b"\n" for line in kept))
+
+
+def _restore(
+    directory: str,
+    state: Mapping[str, Any],
+    controller: Controller,
+    env: StatefulEnvironment | None,
+) -> None:
+    """Restores the controller and the environment from the committed checkpoint.
+
+    Raises:
+        StateFileError: the checkpoint is missing or damaged, or the controller it holds was
+            told another number of decisions than ``run.json`` recorded.
+    """
+    run_path = os.path.join(directory, "run.json")
+    ckpt = state.get("checkpoint")
+    if not ckpt:
+        return
+    ckpt_dir = os.path.join(directory, ckpt)
+    manifest = os.path.join(ckpt_dir, "controller", "controller.json")
+    if not os.path.isfile(manifest):
+        raise StateFileError(
+            f"The search run state {run_path!r} names the checkpoint {ckpt!r}, but "
+            f"{manifest!r} does not exist. {_REMEDY}"
+        )
+    try:
+        controller.restore(os.path.join(ckpt_dir, "controller"))
+        if env is not None and os.path.isdir(os.path.join(ckpt_dir, "env")):
+            env.load_state(os.path.join(ckpt_dir, "env"))
+    except StateFileError as e:
+        raise _cannot_resume(e, directory) from e
+    told = state.get("controller_iteration")
+    if told is not None and controller.iteration != told:
+        raise StateFileError(
+            f"The search run state {run_path!r} records a controller told {told} decisions, "
+            f"but the one saved in {manifest!r} was told {controller.iteration}: the two files "
+            f"are from different moments of the run. {_REMEDY}"
+        )
+
+
+def _cannot_resume(error: StateFileError, directory: str) -> StateFileError:
+    """``error`` with the way out of a search run (instead of the generic one)."""
+    message = str(error).replace(_io.DEFAULT_REMEDY, "").rstrip()
+    return StateFileError(
+        f"{message} The search in {directory!r} cannot resume from it: restore the file from a "
+        "backup, or pass overwrite=True to start the search again."
+    )
+
+
+def _remove_leftovers(directory: str, state: Mapping[str, Any]) -> None:
+    """Deletes temporary files of interrupted writes and checkpoints older than the committed.
+
+    Only files that can never be committed are removed: temporary files whose writer is gone
+    or that are older than their committed file, and checkpoint folders of steps before the
+    committed one. The committed files are never touched.
+    """
+    for sub in (".", "steps", "plans", "env", "checkpoints", "controller_logs"):
+        _io.remove_stale_temporaries(
+            os.path.join(directory, sub), recursive=sub in ("env", "checkpoints", "controller_logs")
+        )
+    ckpt = state.get("checkpoint")
+    if not ckpt:
+        return
+    committed = int(os.path.basename(ckpt))
+    root = os.path.join(directory, "checkpoints")
+    for entry in os.listdir(root) if os.path.isdir(root) else []:
+        if entry.isdigit() and int(entry) < committed:
+            logger.info("Removing the superseded checkpoint %s.", os.path.join(root, entry))
+            shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
 
 
 def _decision_info(decision: Decision) -> dict[str, Any]:
@@ -357,7 +465,10 @@ def run(
     history: list[StepRecord] = []
     stateful = env if isinstance(env, StatefulEnvironment) else None
     if stateful is not None:
-        stateful.attach(os.path.join(directory, "env"))
+        try:
+            stateful.attach(os.path.join(directory, "env"))
+        except StateFileError as e:
+            raise _cannot_resume(e, directory) from e
     if state is not None:
         name = type(controller).__name__
         if state.get("controller") not in (None, name):
@@ -366,13 +477,9 @@ def run(
                 "directory or overwrite=True."
             )
         history = _read_history(directory, int(state["completed"]))
+        _restore(directory, state, controller, stateful)
         _rewrite_history(directory, history)
-        ckpt = state.get("checkpoint")
-        if ckpt:
-            ckpt_dir = os.path.join(directory, ckpt)
-            controller.restore(os.path.join(ckpt_dir, "controller"))
-            if stateful is not None and os.path.isdir(os.path.join(ckpt_dir, "env")):
-                stateful.load_state(os.path.join(ckpt_dir, "env"))
+        _remove_leftovers(directory, state)
         logger.info("Resuming the search in %s after %d steps.", directory, len(history))
     else:
         open(history_path, "w").close()
@@ -438,6 +545,8 @@ def run(
     _io.write_json(os.path.join(directory, "run.json"), state)
     result = _summarise(history, budgets, base.reference, directory, finished, controller)
     _write_result(directory, result)
+    if result.best_plan is not None:  # also rewrites one damaged since the last step
+        result.best_plan.save(os.path.join(directory, "best_plan.json"))
     cb.on_search_end(result)
     return result
 
@@ -504,8 +613,7 @@ def _commit(
     record = replace(record, elapsed=now - started)
     line = _save_step(directory, record)
     _io.append_jsonl(history_path, line)
-    name = f"{record.iteration:06d}"
-    ckpt_rel = os.path.join("checkpoints", name)
+    ckpt_rel = _checkpoint_name(record.iteration)
     ckpt_dir = os.path.join(directory, ckpt_rel)
     if os.path.exists(ckpt_dir):
         shutil.rmtree(ckpt_dir)
@@ -519,7 +627,12 @@ def _commit(
         env.save_state(os.path.join(ckpt_dir, "env"))
     state = _read_run(directory) or _new_run_state(controller)
     previous = state.get("checkpoint")
-    state.update(completed=record.iteration + 1, checkpoint=ckpt_rel, finished=False)
+    state.update(
+        completed=record.iteration + 1,
+        checkpoint=ckpt_rel,
+        finished=False,
+        controller_iteration=controller.iteration,
+    )
     _io.write_json(os.path.join(directory, "run.json"), state)
     if previous and previous != ckpt_rel:
         shutil.rmtree(os.path.join(directory, previous), ignore_errors=True)

@@ -52,5 +52,5 @@ def save_weights(path: str | os.PathLike[str], values: list[np.ndarray]) -> None
 
 def load_weights(path: str | os.PathLike[str]) -> list[np.ndarray]:
     """Reads arrays written by `save_weights` (files without a format tag are read too)."""
-    arrays = _io.read_npz(path, what="saved weights")
+    arrays = _io.read_npz(path, format=_FORMAT, what="saved weights", untagged=True)
     return [arrays[k] for k in sorted(arrays)]
