@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from tfembsize._io import read_npz
 from tfembsize.budget import Budget
 from tfembsize.data import synthetic
 from tfembsize.layers.pep_embedding import PEPEmbedding, find_pep_layers
@@ -83,8 +84,8 @@ def test_pep_cells_share_one_pruning_run_and_retrain_tickets_within_budget(tmp_p
     assert steps[0.5] < steps[0.8]
     # one pruning run for both cells; each cell retrained its own frozen ticket by the recipe
     assert len(trainer.models) == 2
-    masks = {c: np.load(shared / f"masks_{str(c).replace('.', 'p')}.npz") for c in cells}
-    initial = np.load(shared / "initial_tables.npz")
+    masks = {c: read_npz(shared / f"masks_{str(c).replace('.', 'p')}.npz") for c in cells}
+    initial = read_npz(shared / "initial_tables.npz")  # checksums verified, then left out
     for c, model in zip((0.5, 0.8), trainer.models, strict=True):
         layers = find_pep_layers(model)
         assert sorted(layers) == ["item_embedding", "user_embedding"]
