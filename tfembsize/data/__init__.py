@@ -1,4 +1,4 @@
-"""Interaction data: loaders, the per-user split, synthetic data and BPR sampling.
+"""Interaction data: loaders, the per-user split, synthetic data, BPR sampling and streams.
 
 Example:
     >>> import tfembsize as tes
@@ -16,12 +16,14 @@ from tfembsize.data.loaders import (
     load_movielens,
 )
 from tfembsize.data.sampler import BPRSampler, bpr_dataset
+from tfembsize.data.stream import InteractionStream, stream_dataset
 from tfembsize.data.synthetic import synthetic
 
 __all__ = [
     "BPRSampler",
     "DATASETS",
     "Interactions",
+    "InteractionStream",
     "MalformedFileError",
     "PHASES",
     "Split",
@@ -30,5 +32,6 @@ __all__ = [
     "load_dataset",
     "load_lightgcn",
     "load_movielens",
+    "stream_dataset",
     "synthetic",
 ]

@@ -15,6 +15,7 @@ from tfembsize.models.base import (
     as_ids,
     embedding_table,
     embedding_width,
+    lookup_rows,
 )
 
 __all__ = ["MF"]
@@ -98,7 +99,10 @@ class MF(DotProductModel):
 
     def representations(self, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
         """The two masked tables."""
-        return embedding_table(self.user_embedding), embedding_table(self.item_embedding)
+        return (
+            embedding_table(self.user_embedding, training),
+            embedding_table(self.item_embedding, training),
+        )
 
     def score_users(self, user_ids: Any) -> tf.Tensor:
         """Scores ``[b, num_items]``: ``e_u`` times every masked item row."""
@@ -108,15 +112,22 @@ class MF(DotProductModel):
 
     def score_pairs(self, users: tf.Tensor, items: tf.Tensor, training: bool = False) -> tf.Tensor:
         """``<e_u, e_i>`` for each pair."""
-        return tf.reduce_sum(self.embed_users(users) * self.embed_items(items), axis=-1)
+        u = lookup_rows(self.user_embedding, as_ids(users), training)
+        return tf.reduce_sum(u * lookup_rows(self.item_embedding, as_ids(items), training), axis=-1)
 
     def bpr_terms(
         self, users: tf.Tensor, pos_items: tf.Tensor, neg_items: tf.Tensor, training: bool
     ) -> BPRTerms:
-        """Pair scores and ``l2 * squared norms of the masked rows / batch``."""
-        u = self.embed_users(users)
-        p = self.embed_items(pos_items)
-        n = self.embed_items(neg_items)
-        batch = tf.cast(tf.shape(u)[0], tf.float32)
+        """Pair scores and ``l2 * squared norms of the masked rows / batch``.
+
+        The positive and negative items are looked up together, so a table that normalises
+        over the batch (`tfembsize.layers.LadderEmbedding` in training) sees them as one batch.
+        """
+        u = lookup_rows(self.user_embedding, as_ids(users), training)
+        b = tf.shape(u)[0]
+        items = tf.concat([as_ids(pos_items), as_ids(neg_items)], axis=0)
+        both = lookup_rows(self.item_embedding, items, training)
+        p, n = both[:b], both[b:]
+        batch = tf.cast(b, tf.float32)
         reg = self.l2 * _squared_norms(u, p, n) / batch
         return BPRTerms(tf.reduce_sum(u * p, -1), tf.reduce_sum(u * n, -1), reg)

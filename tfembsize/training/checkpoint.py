@@ -1,8 +1,9 @@
 """Crash-safe state of a `train_bpr` run, so a killed training resumes where it stopped.
 
 After every validation chunk `train_bpr` writes, atomically, the model weights, the optimiser
-state (Adam's moments and step counter), the best weights so far, the early-stopping state and
-the evaluation history into ``checkpoint_dir``. Rerunning the same call with the same
+state (Adam's moments and step counter), the variables of the training hook if it has any
+(`TrainingHook.variables`), the best weights so far, the early-stopping state and the
+evaluation history into ``checkpoint_dir``. Rerunning the same call with the same
 ``checkpoint_dir`` continues after the last written chunk with the sampler positioned at the
 same step, so an interrupted run and an uninterrupted one take the same optimiser steps on the
 same batches. When training has finished, the directory holds the final result and a rerun
@@ -41,6 +42,40 @@ def _optimizer_variables(optimizer: Any) -> list:
     return list(variables)
 
 
+_FINGERPRINT_KEYS = (
+    "model",
+    "weights",
+    "optimizer",
+    "optimizer_variables",
+    "config",
+    "hook_variables",
+)
+
+
+def _hook_variables(hook: Any) -> list:
+    """The hook's checkpointed variables (none without a hook)."""
+    if hook is None:
+        return []
+    fn = getattr(hook, "variables", None)
+    return list(fn()) if callable(fn) else []
+
+
+def _assign_all(variables: list, values: list[np.ndarray], what: str) -> None:
+    """Assigns saved arrays to variables, checking their number and shapes."""
+    if len(values) != len(variables):
+        raise ValueError(
+            f"The checkpoint has {len(values)} {what} variables, the {what} has {len(variables)}."
+        )
+    for var, value in zip(variables, values, strict=True):
+        if tuple(var.shape) != value.shape:
+            raise ValueError(
+                f"The {what} variable {getattr(var, 'name', '?')} has shape "
+                f"{tuple(var.shape)}; the checkpoint's is {value.shape}."
+            )
+    for var, value in zip(variables, values, strict=True):
+        var.assign(value)
+
+
 def _save_arrays(path: Path, arrays: list[np.ndarray]) -> None:
     _io.write_npz(path, {f"a{i:05d}": np.asarray(a) for i, a in enumerate(arrays)})
 
@@ -77,19 +112,27 @@ class TrainCheckpoint:
 
     # -- identity --------------------------------------------------------------------------
     @staticmethod
-    def fingerprint(model: Any, config: Any, optimizer: Any) -> dict:
-        """What must match between the run that wrote a checkpoint and the one resuming it."""
+    def fingerprint(model: Any, config: Any, optimizer: Any, hook: Any = None) -> dict:
+        """What must match between the run that wrote a checkpoint and the one resuming it.
+
+        A hook with variables adds their shapes (``hook_variables``); without any, the
+        fingerprint is the same as with no hook.
+        """
         cfg = config.to_dict()
         # How it runs, not what it computes; a larger `max_steps` continues a run.
         for key in ("verbose", "jit_compile", "max_steps"):
             cfg.pop(key, None)
-        return {
+        out = {
             "model": type(model).__name__,
             "weights": [list(map(int, np.shape(w))) for w in model.get_weights()],
             "optimizer": type(optimizer).__name__,
             "optimizer_variables": len(_optimizer_variables(optimizer)),
             "config": cfg,
         }
+        variables = _hook_variables(hook)
+        if variables:
+            out["hook_variables"] = [list(map(int, v.shape)) for v in variables]
+        return out
 
     # -- reading ---------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -111,7 +154,7 @@ class TrainCheckpoint:
             what="training checkpoint state",
         )
         saved = state["fingerprint"]
-        for key in ("model", "weights", "optimizer", "optimizer_variables", "config"):
+        for key in _FINGERPRINT_KEYS:
             if saved.get(key) != fingerprint.get(key):
                 raise ValueError(
                     f"The training checkpoint in {self.directory} was written by another run: "
@@ -120,23 +163,27 @@ class TrainCheckpoint:
                 )
         return state
 
-    def restore_into(self, model: Any, optimizer: Any) -> None:
-        """Loads the saved weights and optimiser variables (after ``optimizer.build``)."""
+    def restore_into(self, model: Any, optimizer: Any, hook: Any = None) -> None:
+        """Loads the saved weights, optimiser variables and hook variables.
+
+        Call after ``optimizer.build`` and after the hook's ``on_train_begin`` (which makes
+        its variables).
+        """
         model.set_weights(_load_arrays(self._current / "weights.npz"))
-        values = _load_arrays(self._current / "optimizer.npz")
-        variables = _optimizer_variables(optimizer)
-        if len(values) != len(variables):
-            raise ValueError(
-                f"The checkpoint has {len(values)} optimiser variables, the optimiser has "
-                f"{len(variables)}."
-            )
-        for var, value in zip(variables, values, strict=True):
-            if tuple(var.shape) != value.shape:
+        _assign_all(
+            _optimizer_variables(optimizer),
+            _load_arrays(self._current / "optimizer.npz"),
+            "optimiser",
+        )
+        variables = _hook_variables(hook)
+        if variables:
+            path = self._current / "hook.npz"
+            if not path.is_file():
                 raise ValueError(
-                    f"Optimiser variable {getattr(var, 'name', '?')} has shape "
-                    f"{tuple(var.shape)}; the checkpoint's is {value.shape}."
+                    f"The training checkpoint in {self.directory} has no hook variables; "
+                    f"{type(hook).__name__} has {len(variables)}."
                 )
-            var.assign(value)
+            _assign_all(variables, _load_arrays(path), "hook")
 
     def best_weights(self) -> list[np.ndarray] | None:
         """The best weights so far (None if none were kept)."""
@@ -163,6 +210,7 @@ class TrainCheckpoint:
         best_weights: list | None,
         best_result: dict | None = None,
         result: dict | None = None,
+        hook: Any = None,
     ) -> None:
         """Writes a new checkpoint atomically (a crash leaves the previous one intact).
 
@@ -175,6 +223,7 @@ class TrainCheckpoint:
             best_weights: the best weights so far, or None.
             best_result: ``RankingResult.to_dict()`` of the best evaluation, or None.
             result: ``TrainResult.to_dict()`` once training has finished, else None.
+            hook: the training hook; its `TrainingHook.variables` are saved (``hook.npz``).
         """
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.directory / f".tmp-{uuid.uuid4().hex}"
@@ -184,6 +233,9 @@ class TrainCheckpoint:
             _save_arrays(
                 tmp / "optimizer.npz", [v.numpy() for v in _optimizer_variables(optimizer)]
             )
+            variables = _hook_variables(hook)
+            if variables:
+                _save_arrays(tmp / "hook.npz", [np.asarray(v.numpy()) for v in variables])
             previous = self._current
             reuse = bool(state.get("best_unchanged"))
             if best_weights is not None:
