@@ -420,6 +420,7 @@ def test_eager_function_and_xla_give_identical_results():
         ({"budget_cap": 1.5}, r"`budget_cap` must be None, a sparsity in \(0, 1\) or a Budget"),
         ({"budget_cap": "0.8"}, r"Received: budget_cap='0.8'"),
         ({"ladder": (4, 2)}, r"`ladder` must be a non-empty, strictly increasing"),
+        ({"ladder": [2, 4.5]}, r"Received: ladder=\[2, 4.5\]"),
         ({"seed": -1}, r"`seed` must be a non-negative integer. Received: seed=-1"),
         ({"jit_compile": 1}, r"`jit_compile` must be True or False"),
         ({"count_buckets": 0}, r"`count_buckets` must be a positive integer"),

@@ -12,6 +12,7 @@ from tfembsize.models.base import (
     BPRTerms,
     DotProductModel,
     _squared_norms,
+    _takes_training,
     as_ids,
     embedding_table,
     embedding_width,
@@ -120,14 +121,18 @@ class MF(DotProductModel):
     ) -> BPRTerms:
         """Pair scores and ``l2 * squared norms of the masked rows / batch``.
 
-        The positive and negative items are looked up together, so a table that normalises
-        over the batch (`tfembsize.layers.LadderEmbedding` in training) sees them as one batch.
+        A table that normalises over the batch (`tfembsize.layers.LadderEmbedding` in
+        training) looks up the positive and negative items together, as one batch.
         """
         u = lookup_rows(self.user_embedding, as_ids(users), training)
         b = tf.shape(u)[0]
-        items = tf.concat([as_ids(pos_items), as_ids(neg_items)], axis=0)
-        both = lookup_rows(self.item_embedding, items, training)
-        p, n = both[:b], both[b:]
+        if _takes_training(self.item_embedding):
+            items = tf.concat([as_ids(pos_items), as_ids(neg_items)], axis=0)
+            both = lookup_rows(self.item_embedding, items, training)
+            p, n = both[:b], both[b:]
+        else:
+            p = lookup_rows(self.item_embedding, as_ids(pos_items))
+            n = lookup_rows(self.item_embedding, as_ids(neg_items))
         batch = tf.cast(b, tf.float32)
         reg = self.l2 * _squared_norms(u, p, n) / batch
         return BPRTerms(tf.reduce_sum(u * p, -1), tf.reduce_sum(u * n, -1), reg)

@@ -113,8 +113,6 @@ class ESAPNConfig(DictConfig):
     jit_compile: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.ladder, (list, np.ndarray)):
-            object.__setattr__(self, "ladder", tuple(int(v) for v in self.ladder))
         object.__setattr__(self, "ladder", _validate_ladder(self.ladder))
         for name in (
             "memory",
@@ -132,10 +130,9 @@ class ESAPNConfig(DictConfig):
                 raise ValueError(f"`{name}` must be a positive number. Received: {name}={value!r}")
             positive_float(name, value)
         object.__setattr__(self, "budget_cap", _budget_cap(self.budget_cap))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
-            raise ValueError(f"`seed` must be a non-negative integer. Received: seed={self.seed!r}")
-        if self.seed < 0:
-            raise ValueError(f"`seed` must be a non-negative integer. Received: seed={self.seed!r}")
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"`seed` must be a non-negative integer. Received: seed={seed!r}")
         if not isinstance(self.jit_compile, bool):
             raise ValueError(
                 f"`jit_compile` must be True or False. Received: jit_compile={self.jit_compile!r}"
