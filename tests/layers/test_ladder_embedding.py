@@ -254,27 +254,42 @@ def test_repeated_growth_climbs_to_the_top_and_stops():
     assert layer.rungs.tolist() == [2, 0, 0, 0]
 
 
+def test_grow_with_a_mask_moves_only_the_rows_asked_for():
+    layer = make_layer(rungs=[0, 1, 0, 2])
+    before = layer(tf.constant([0, 1, 2, 3])).numpy()
+    # row 0: one entry asks (the other does not): it grows once; row 1 asks nowhere; row 2 asks;
+    # row 3 asks but is on the top rung
+    moved = layer.grow(tf.constant([0, 1, 0, 2, 3]), mask=[False, False, True, True, True])
+    assert moved.numpy().tolist() == [True, False, True, True, False]
+    assert layer.rungs.tolist() == [1, 1, 1, 2]
+    np.testing.assert_allclose(layer.tables[1].numpy()[[0, 2]], t0(E0[[0, 2]]), rtol=1e-6)
+    np.testing.assert_allclose(layer(tf.constant([0, 1, 2, 3])).numpy(), before, rtol=1e-6)
+    assert not layer.grow([1, 2], mask=tf.zeros([2], tf.bool)).numpy().any()
+    assert layer.rungs.tolist() == [1, 1, 1, 2]
+
+
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_grow_in_tf_function_matches_eager(jit_compile):
     eager, compiled = make_layer(rungs=[0, 1, 0, 2]), make_layer(rungs=[0, 1, 0, 2])
     ids = tf.constant([[1, 0], [3, 1]])
+    mask = tf.constant([[False, True], [True, False]])  # row 0 asks, row 1 not, row 3 is top
 
     @tf.function(jit_compile=jit_compile)
     def grow_then_look_up(x):
-        moved = compiled.grow(x)
+        moved = compiled.grow(x, mask=mask)
         return moved, compiled(tf.constant([0, 1, 2, 3]))
 
-    want_moved = eager.grow(ids)
+    want_moved = eager.grow(ids, mask=mask)
     want_out = eager(tf.constant([0, 1, 2, 3]))
     moved, out = grow_then_look_up(ids)
     np.testing.assert_array_equal(moved.numpy(), want_moved.numpy())
     np.testing.assert_allclose(out.numpy(), want_out.numpy(), rtol=1e-6)
-    assert compiled.rungs.tolist() == eager.rungs.tolist() == [1, 2, 0, 2]
+    assert compiled.rungs.tolist() == eager.rungs.tolist() == [1, 1, 0, 2]
     for got, want in zip(compiled.get_weights(), eager.get_weights(), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6)
     # the rungs are read at run time, not frozen at trace time
     grow_then_look_up(ids)
-    assert compiled.rungs.tolist() == [2, 2, 0, 2]
+    assert compiled.rungs.tolist() == [2, 1, 0, 2]
 
 
 # Gradients ----------------------------------------------------------------------------------------

@@ -110,6 +110,49 @@ def test_hook_done_stops_training_and_the_state_resumes(tmp_path):
     assert more.steps == 30 and later.chunks[-1][0] == 30
 
 
+class SumIds(TrainingHook):
+    """Adds up the batches' user ids in a variable (saved with the checkpoints)."""
+
+    def on_train_begin(self, model, optimizer):
+        self.total = tf.Variable(0, dtype=tf.int64)
+        self.batches = tf.Variable(tf.zeros([3], tf.int32))
+
+    def after_batch(self, batch, loss, step):
+        self.total.assign_add(tf.reduce_sum(tf.cast(batch["user"], tf.int64)))
+        self.batches.assign(tf.tensor_scatter_nd_add(self.batches, [[step % 3]], [1]))
+        return None
+
+    def variables(self):
+        return [self.total, self.batches]
+
+
+def test_hook_variables_are_checkpointed_and_restored(tmp_path):
+    split = _split()
+
+    def run(max_steps, directory, hook=None):
+        hook = hook or SumIds()
+        config = TrainConfig(batch_size=16, max_steps=max_steps, eval_every=4)
+        model = MF.create(split.num_users, split.num_items, 4)
+        train_bpr(model, split, None, config=config, hook=hook, checkpoint_dir=directory)
+        return hook
+
+    whole = run(10, None)
+    run(6, tmp_path)  # stopped after 6 steps ...
+    resumed = run(10, tmp_path)  # ... and continued: the sums went on from the saved ones
+    assert int(resumed.total.numpy()) == int(whole.total.numpy()) > 0
+    assert resumed.batches.numpy().tolist() == whole.batches.numpy().tolist() == [3, 4, 3]
+    latest = tmp_path / (tmp_path / "LATEST").read_text().strip()
+    assert (latest / "hook.npz").is_file()
+
+    class Wider(SumIds):
+        def on_train_begin(self, model, optimizer):
+            super().on_train_begin(model, optimizer)
+            self.batches = tf.Variable(tf.zeros([4], tf.int32))
+
+    with pytest.raises(ValueError, match="hook_variables"):
+        run(12, tmp_path, Wider())
+
+
 def test_refit_rejects_hooks_and_missing_evaluators():
     split = _split()
     model = MF.create(split.num_users, split.num_items, 4)

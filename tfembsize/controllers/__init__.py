@@ -4,7 +4,7 @@ A controller decides sizes and never sees the recommender: `ask(observation)` re
 `Decision` (a budgeted `SizePlan` and the environment mode it needs) and
 `tell(decision, feedback)` reports the result. `tfembsize.search.run` drives any of them.
 
-Controllers that act while the model trains (PEP) implement `InTrainingController`
+Controllers that act while the model trains (PEP, ESAPN) implement `InTrainingController`
 instead: a per-batch hook of `tfembsize.training.train_bpr`, or a ``model.fit`` callback.
 """
 
@@ -13,6 +13,14 @@ from tfembsize.controllers.baselines import ES, MR, FrequencyProportional, Stati
 from tfembsize.controllers.bet import STRATEGIES, Archive, ArchivedAction, BETController
 from tfembsize.controllers.bet_sampler import ActionBatch, BudgetedActionSampler
 from tfembsize.controllers.ciess import NOISE_PLACEMENTS, CIESSArchive, CIESSController
+from tfembsize.controllers.esapn import (
+    ESAPNConfig,
+    ESAPNController,
+    ESAPNRun,
+    default_ladder,
+    esapn_model,
+    run_esapn,
+)
 from tfembsize.controllers.hooks import InTrainingController
 from tfembsize.controllers.pep import (
     PEPCapture,
@@ -48,6 +56,12 @@ __all__ = [
     "CIESSArchive",
     "NOISE_PLACEMENTS",
     "InTrainingController",
+    "ESAPNConfig",
+    "ESAPNController",
+    "ESAPNRun",
+    "default_ladder",
+    "esapn_model",
+    "run_esapn",
     "PEPConfig",
     "PEPCapture",
     "PEPPruneResult",

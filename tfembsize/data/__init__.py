@@ -1,4 +1,4 @@
-"""Interaction data: loaders, the per-user split, synthetic data and BPR sampling.
+"""Interaction data: loaders, the per-user split, synthetic data, BPR sampling and streams.
 
 Example:
     >>> import tfembsize as tes
@@ -17,6 +17,7 @@ from tfembsize.data.loaders import (
     load_movielens,
 )
 from tfembsize.data.sampler import BPRSampler, bpr_dataset
+from tfembsize.data.stream import InteractionStream, stream_dataset
 from tfembsize.data.synthetic import synthetic
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "DATASETS",
     "Interactions",
     "EmptyDataFileError",
+    "InteractionStream",
     "MalformedFileError",
     "PHASES",
     "Split",
@@ -32,5 +34,6 @@ __all__ = [
     "load_dataset",
     "load_lightgcn",
     "load_movielens",
+    "stream_dataset",
     "synthetic",
 ]

@@ -325,17 +325,21 @@ class LadderEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
         self._ensure_built()
         self._rungs.assign(arr)
 
-    def grow(self, ids: Any) -> tf.Tensor:
+    def grow(self, ids: Any, mask: Any = None) -> tf.Tensor:
         """Moves the rows ``ids`` one rung up and initialises their new rows from the old.
 
         A row on rung ``k`` below the top moves to ``k + 1`` and its row of ``E^(k+1)``
         becomes ``T_k(E^(k)[n])`` (its lifted vector one level up, so the layer's output for
         it does not change); a row on the top rung stays. A row listed several times grows
-        once. The writes are variable assignments of stop-gradient values: no gradient flows
-        through them. Works eagerly, in a ``tf.function`` and with ``jit_compile=True``.
+        once. With a ``mask``, only the rows with at least one True entry move (the others
+        stay put, whatever their other entries say). The writes are variable assignments of
+        stop-gradient values: no gradient flows through them. Works eagerly, in a
+        ``tf.function`` and with ``jit_compile=True``.
 
         Args:
             ids: integer ids of any shape (an id must be in ``[0, input_dim)``).
+            mask: optional booleans shaped like ``ids``: which entries ask their row to grow
+                (None: every entry).
 
         Returns:
             A boolean tensor shaped like ``ids``: True where the row moved up.
@@ -349,6 +353,13 @@ class LadderEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
         index = flat[:, None]
         old = tf.gather(tf.convert_to_tensor(self._rungs), flat)
         top = len(self.ladder) - 1
+        if mask is None:
+            move = tf.ones_like(old, tf.bool)
+        else:
+            asked = tf.cast(tf.reshape(tf.cast(mask, tf.bool), [-1]), tf.int32)
+            # One decision per row (any entry asking), so repeated ids write one value.
+            per_row = tf.math.unsorted_segment_max(asked, flat, self.input_dim)
+            move = tf.gather(per_row, flat) > 0
         tables = [tf.convert_to_tensor(t) for t in self.tables]  # read everything first
         writes = []
         for k in range(top):
@@ -356,15 +367,15 @@ class LadderEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
             bias = tf.convert_to_tensor(self.map_biases[k])
             lifted = tf.stop_gradient(tf.matmul(tf.gather(tables[k], flat), kernel) + bias)
             current = tf.gather(tables[k + 1], flat)
-            writes.append(tf.where(tf.equal(old, k)[:, None], lifted, current))
+            here = tf.logical_and(tf.equal(old, k), move)
+            writes.append(tf.where(here[:, None], lifted, current))
         for k in range(top):
             self.tables[k + 1].assign(tf.tensor_scatter_nd_update(tables[k + 1], index, writes[k]))
+        new = tf.where(move, tf.minimum(old + 1, top), old)
         self._rungs.assign(
-            tf.tensor_scatter_nd_update(
-                tf.convert_to_tensor(self._rungs), index, tf.minimum(old + 1, top)
-            )
+            tf.tensor_scatter_nd_update(tf.convert_to_tensor(self._rungs), index, new)
         )
-        return tf.reshape(old < top, tf.shape(ids))
+        return tf.reshape(tf.logical_and(move, old < top), tf.shape(ids))
 
     def usable_params(self) -> int:
         """Usable parameters: the sum over rows of their current size ``ladder[rung]``."""

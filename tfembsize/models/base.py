@@ -19,6 +19,7 @@ The retrieval protocol (dot-product backbones and the TFRS two-tower model):
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, NamedTuple
 
@@ -35,6 +36,7 @@ __all__ = [
     "BPRLosses",
     "embedding_table",
     "embedding_width",
+    "lookup_rows",
     "embedding_rows",
     "as_ids",
 ]
@@ -95,13 +97,34 @@ def embedding_width(layer: Any) -> int:
     return int(width)
 
 
-def embedding_table(layer: Any) -> tf.Tensor:
+def _takes_training(layer: Any) -> bool:
+    """True if the layer's ``call`` has a ``training`` argument (it normalises over a batch)."""
+    try:
+        return "training" in inspect.signature(layer.call).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def lookup_rows(layer: Any, ids: Any, training: bool = False) -> tf.Tensor:
+    """The rows ``ids`` of an embedding layer, as float32.
+
+    ``training`` reaches layers whose ``call`` takes it (`tfembsize.layers.LadderEmbedding`
+    normalises with the batch's statistics in training and with its moving statistics
+    otherwise); the other layers ignore it.
+    """
+    if _takes_training(layer):
+        return tf.cast(layer(ids, training=bool(training)), tf.float32)
+    return tf.cast(layer(ids), tf.float32)
+
+
+def embedding_table(layer: Any, training: bool = False) -> tf.Tensor:
     """The whole effective table of an embedding layer, masks applied (``[rows, width]``).
 
     Searchable layers give ``masked_table()`` (masked coordinates zeroed), PEP layers
     ``pruned_table()``, a plain ``Embedding`` its ``embeddings``; any other layer is called
-    on every id. Graph backbones propagate this table, so the mask acts *before* propagation
-    and masked coordinates get zero gradient.
+    on every id (a `tfembsize.layers.LadderEmbedding` lifts every row to the top width and
+    normalises them, with ``training`` as given). Graph backbones propagate this table, so
+    the mask acts *before* propagation and masked coordinates get zero gradient.
     """
     for attr in ("masked_table", "pruned_table"):
         fn = getattr(layer, attr, None)
@@ -110,7 +133,7 @@ def embedding_table(layer: Any) -> tf.Tensor:
     emb = getattr(layer, "embeddings", None)
     if emb is not None:
         return tf.cast(tf.convert_to_tensor(emb), tf.float32)
-    return tf.cast(layer(tf.range(embedding_rows(layer))), tf.float32)
+    return lookup_rows(layer, tf.range(embedding_rows(layer)), training)
 
 
 def as_ids(ids: Any) -> tf.Tensor:
@@ -292,6 +315,16 @@ class BPRModel(keras.Model):
         )
         reg = tf.cast(terms.reg_loss, tf.float32)
         return BPRLosses(bpr + reg + layer_loss, bpr, reg, layer_loss)
+
+    def sample_losses(self, data: Any, training: bool = False) -> tf.Tensor:
+        """Per-triple BPR losses ``softplus(s_neg - s_pos)`` of a batch (``[b]``, no L2).
+
+        Only a forward pass: no gradient and no optimiser step. With ``training=False``,
+        layers that normalise use their moving statistics and dropout is off.
+        """
+        users, pos, neg = _unpack_batch(data)
+        terms = self.bpr_terms(users, pos, neg, training)
+        return tf.nn.softplus(tf.cast(terms.neg_scores - terms.pos_scores, tf.float32))
 
     @tf.autograph.experimental.do_not_convert
     def train_batch(self, data: Any) -> BPRLosses:

@@ -235,12 +235,21 @@ class GraphModel(DotProductModel):
             )
         return self._adjacency
 
-    def ego_embeddings(self) -> tf.Tensor:
-        """Layer 0: the masked user table stacked on the masked item table ``[U+I, d]``."""
+    def ego_embeddings(self, training: bool = False) -> tf.Tensor:
+        """Layer 0: the masked user table stacked on the masked item table ``[U+I, d]``.
+
+        Tables that lift and normalise their rows (`tfembsize.layers.LadderEmbedding`) give
+        every row lifted to the top width, normalised as ``training`` says, before any
+        propagation.
+        """
         from tfembsize.models.base import embedding_table
 
         return tf.concat(
-            [embedding_table(self.user_embedding), embedding_table(self.item_embedding)], axis=0
+            [
+                embedding_table(self.user_embedding, training),
+                embedding_table(self.item_embedding, training),
+            ],
+            axis=0,
         )
 
     def _propagate(self, training: bool) -> tuple[tf.Tensor, tf.Tensor]:

@@ -104,7 +104,7 @@ class LightGCN(GraphModel):
         return cls(user, item, interactions, num_layers=num_layers, l2=l2)
 
     def _propagate(self, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
-        ego = self.ego_embeddings()
+        ego = self.ego_embeddings(training)
         if self.num_layers == 0:
             return ego, ego
         matmul = sparse_matmul(self.adjacency, symmetric=True)

@@ -12,9 +12,11 @@ from tfembsize.models.base import (
     BPRTerms,
     DotProductModel,
     _squared_norms,
+    _takes_training,
     as_ids,
     embedding_table,
     embedding_width,
+    lookup_rows,
 )
 
 __all__ = ["MF"]
@@ -98,7 +100,10 @@ class MF(DotProductModel):
 
     def representations(self, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
         """The two masked tables."""
-        return embedding_table(self.user_embedding), embedding_table(self.item_embedding)
+        return (
+            embedding_table(self.user_embedding, training),
+            embedding_table(self.item_embedding, training),
+        )
 
     def score_users(self, user_ids: Any) -> tf.Tensor:
         """Scores ``[b, num_items]``: ``e_u`` times every masked item row."""
@@ -108,15 +113,26 @@ class MF(DotProductModel):
 
     def score_pairs(self, users: tf.Tensor, items: tf.Tensor, training: bool = False) -> tf.Tensor:
         """``<e_u, e_i>`` for each pair."""
-        return tf.reduce_sum(self.embed_users(users) * self.embed_items(items), axis=-1)
+        u = lookup_rows(self.user_embedding, as_ids(users), training)
+        return tf.reduce_sum(u * lookup_rows(self.item_embedding, as_ids(items), training), axis=-1)
 
     def bpr_terms(
         self, users: tf.Tensor, pos_items: tf.Tensor, neg_items: tf.Tensor, training: bool
     ) -> BPRTerms:
-        """Pair scores and ``l2 * squared norms of the masked rows / batch``."""
-        u = self.embed_users(users)
-        p = self.embed_items(pos_items)
-        n = self.embed_items(neg_items)
-        batch = tf.cast(tf.shape(u)[0], tf.float32)
+        """Pair scores and ``l2 * squared norms of the masked rows / batch``.
+
+        A table that normalises over the batch (`tfembsize.layers.LadderEmbedding` in
+        training) looks up the positive and negative items together, as one batch.
+        """
+        u = lookup_rows(self.user_embedding, as_ids(users), training)
+        b = tf.shape(u)[0]
+        if _takes_training(self.item_embedding):
+            items = tf.concat([as_ids(pos_items), as_ids(neg_items)], axis=0)
+            both = lookup_rows(self.item_embedding, items, training)
+            p, n = both[:b], both[b:]
+        else:
+            p = lookup_rows(self.item_embedding, as_ids(pos_items))
+            n = lookup_rows(self.item_embedding, as_ids(neg_items))
+        batch = tf.cast(b, tf.float32)
         reg = self.l2 * _squared_norms(u, p, n) / batch
         return BPRTerms(tf.reduce_sum(u * p, -1), tf.reduce_sum(u * n, -1), reg)

@@ -171,7 +171,7 @@ class NGCF(GraphModel):
         return tf.random.experimental.stateless_split(base, num=len(self.layer_sizes) + 1)
 
     def _propagate(self, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
-        ego = self.ego_embeddings()
+        ego = self.ego_embeddings(training)
         adj = self.adjacency
         dropping = training and (self.message_dropout > 0 or self.node_dropout > 0)
         seeds = self._seeds() if dropping else None

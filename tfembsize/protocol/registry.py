@@ -48,6 +48,7 @@ BUILTIN_MODULES = (
     "tfembsize.protocol.methods.bet",  # bet, bet-random, bet-sizes-only
     "tfembsize.protocol.methods.pep",  # pep
     "tfembsize.protocol.methods.ciess",  # ciess, ciess-no-walk
+    "tfembsize.protocol.methods.esapn",  # esapn, esapn-cap
 )
 """Modules that register the built-in methods when imported (on the first lookup)."""
 

@@ -1,8 +1,9 @@
 """Crash-safe state of a `train_bpr` run, so a killed training resumes where it stopped.
 
 After every validation chunk `train_bpr` writes, atomically, the model weights, the optimiser
-state (Adam's moments and step counter), the best weights so far, the early-stopping state and
-the evaluation history into ``checkpoint_dir``. Rerunning the same call with the same
+state (Adam's moments and step counter), the variables of the training hook if it has any
+(`TrainingHook.variables`), the best weights so far, the early-stopping state and the
+evaluation history into ``checkpoint_dir``. Rerunning the same call with the same
 ``checkpoint_dir`` continues after the last written chunk with the sampler positioned at the
 same step, so an interrupted run and an uninterrupted one take the same optimiser steps on the
 same batches. When training has finished, the directory holds the final result and a rerun
@@ -56,6 +57,43 @@ def _optimizer_variables(optimizer: Any) -> list:
     if callable(variables):  # tf-keras legacy optimisers expose a method
         variables = variables()
     return list(variables)
+
+
+_FINGERPRINT_KEYS = (
+    "model",
+    "weights",
+    "optimizer",
+    "optimizer_variables",
+    "config",
+    "hook_variables",
+)
+
+
+def _hook_variables(hook: Any) -> list:
+    """The hook's checkpointed variables (none without a hook)."""
+    if hook is None:
+        return []
+    fn = getattr(hook, "variables", None)
+    return list(fn()) if callable(fn) else []
+
+
+def _assign_all(
+    variables: list, values: list[np.ndarray], what: str, path: Path, remedy: str
+) -> None:
+    """Assigns saved arrays to variables, checking their number and shapes first."""
+    if len(values) != len(variables):
+        raise StateFileError(
+            f"The training checkpoint {os.fspath(path)!r} has {len(values)} {what} variables, "
+            f"the {what} has {len(variables)}. {remedy}"
+        )
+    for var, value in zip(variables, values, strict=True):
+        if tuple(var.shape) != value.shape:
+            raise StateFileError(
+                f"The {what} variable {getattr(var, 'name', '?')} has shape {tuple(var.shape)}; "
+                f"the checkpoint {os.fspath(path)!r} holds {value.shape}. {remedy}"
+            )
+    for var, value in zip(variables, values, strict=True):
+        var.assign(value)
 
 
 def _save_arrays(path: Path, arrays: list[np.ndarray]) -> None:
@@ -210,19 +248,27 @@ class TrainCheckpoint:
 
     # -- identity --------------------------------------------------------------------------
     @staticmethod
-    def fingerprint(model: Any, config: Any, optimizer: Any) -> dict:
-        """What must match between the run that wrote a checkpoint and the one resuming it."""
+    def fingerprint(model: Any, config: Any, optimizer: Any, hook: Any = None) -> dict:
+        """What must match between the run that wrote a checkpoint and the one resuming it.
+
+        A hook with variables adds their shapes (``hook_variables``); without any, the
+        fingerprint is the same as with no hook.
+        """
         cfg = config.to_dict()
         # How it runs, not what it computes; a larger `max_steps` continues a run.
         for key in ("verbose", "jit_compile", "max_steps"):
             cfg.pop(key, None)
-        return {
+        out = {
             "model": type(model).__name__,
             "weights": [list(map(int, np.shape(w))) for w in model.get_weights()],
             "optimizer": type(optimizer).__name__,
             "optimizer_variables": len(_optimizer_variables(optimizer)),
             "config": cfg,
         }
+        variables = _hook_variables(hook)
+        if variables:
+            out["hook_variables"] = [list(map(int, v.shape)) for v in variables]
+        return out
 
     # -- reading ---------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -259,7 +305,7 @@ class TrainCheckpoint:
                 f"The training checkpoint state {os.fspath(path)!r} lacks the entries "
                 f"{missing or ['fingerprint']}. {self._remedy}"
             )
-        for key in ("model", "weights", "optimizer", "optimizer_variables", "config"):
+        for key in _FINGERPRINT_KEYS:
             if saved.get(key) != fingerprint.get(key):
                 raise ValueError(
                     f"The training checkpoint in {self.directory} was written by another run: "
@@ -268,8 +314,11 @@ class TrainCheckpoint:
                 )
         return state
 
-    def restore_into(self, model: Any, optimizer: Any) -> None:
-        """Loads the saved weights and optimiser variables (after ``optimizer.build``).
+    def restore_into(self, model: Any, optimizer: Any, hook: Any = None) -> None:
+        """Loads the saved weights, optimiser variables and hook variables.
+
+        Call after ``optimizer.build`` and after the hook's ``on_train_begin`` (which makes
+        its variables).
 
         Raises:
             tfembsize.errors.StateFileError: the saved arrays are damaged or do not fit.
@@ -285,21 +334,22 @@ class TrainCheckpoint:
             )
         model.set_weights(weights)
         path = self._current / "optimizer.npz"
-        values = _load_arrays(path, self._remedy)
-        variables = _optimizer_variables(optimizer)
-        if len(values) != len(variables):
-            raise StateFileError(
-                f"The training checkpoint {os.fspath(path)!r} has {len(values)} optimiser "
-                f"variables, the optimiser has {len(variables)}. {self._remedy}"
-            )
-        for var, value in zip(variables, values, strict=True):
-            if tuple(var.shape) != value.shape:
+        _assign_all(
+            _optimizer_variables(optimizer),
+            _load_arrays(path, self._remedy),
+            "optimiser",
+            path,
+            self._remedy,
+        )
+        variables = _hook_variables(hook)
+        if variables:
+            path = self._current / "hook.npz"
+            if not path.is_file():
                 raise StateFileError(
-                    f"Optimiser variable {getattr(var, 'name', '?')} has shape "
-                    f"{tuple(var.shape)}; the checkpoint {os.fspath(path)!r} holds "
-                    f"{value.shape}. {self._remedy}"
+                    f"The training checkpoint in {self.directory} has no hook variables "
+                    f"(hook.npz); {type(hook).__name__} has {len(variables)}. {self._remedy}"
                 )
-            var.assign(value)
+            _assign_all(variables, _load_arrays(path, self._remedy), "hook", path, self._remedy)
 
     def best_weights(self) -> list[np.ndarray] | None:
         """The best weights so far (None if none were kept)."""
@@ -341,6 +391,7 @@ class TrainCheckpoint:
         best_weights: list | None,
         best_result: dict | None = None,
         result: dict | None = None,
+        hook: Any = None,
     ) -> None:
         """Writes a new checkpoint atomically (a crash leaves the previous one intact).
 
@@ -353,6 +404,7 @@ class TrainCheckpoint:
             best_weights: the best weights so far, or None.
             best_result: ``RankingResult.to_dict()`` of the best evaluation, or None.
             result: ``TrainResult.to_dict()`` once training has finished, else None.
+            hook: the training hook; its `TrainingHook.variables` are saved (``hook.npz``).
 
         Raises:
             tfembsize.errors.StateWriteError: the disk is full, read-only or not writable;
@@ -369,6 +421,9 @@ class TrainCheckpoint:
             _save_arrays(
                 tmp / "optimizer.npz", [v.numpy() for v in _optimizer_variables(optimizer)]
             )
+            variables = _hook_variables(hook)
+            if variables:
+                _save_arrays(tmp / "hook.npz", [np.asarray(v.numpy()) for v in variables])
             previous = self._current
             reuse = bool(state.get("best_unchanged"))
             if best_weights is not None:

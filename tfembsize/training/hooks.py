@@ -13,7 +13,9 @@ loop of its own. `train_bpr` calls it
   update variables for the next chunk, return scalars for the training history, and say
   through `done` that training can stop;
 * on the host when training ends (`on_train_end`);
-* for checkpoints: `get_state` / `set_state` (JSON), so a resumed run continues exactly.
+* for checkpoints: `get_state` / `set_state` (JSON) and `variables` (the hook's own
+  ``tf.Variable`` objects, saved as arrays beside the model's weights), so a resumed run
+  continues exactly.
 
 The same host methods drive ``model.fit`` through `HookCallback` (there, the in-graph methods
 cannot run: a hook that needs them says so with ``requires_graph_hooks``).
@@ -84,6 +86,16 @@ class TrainingHook:
     def get_state(self) -> dict[str, Any]:
         """JSON state written with every training checkpoint."""
         return {}
+
+    def variables(self) -> list[Any]:
+        """The hook's own variables, saved and restored with every training checkpoint.
+
+        Variables the in-graph methods update and the model does not hold (per-row
+        statistics, a policy network and its optimiser, ...). `train_bpr` saves their values
+        after every chunk and assigns them back when it resumes (after `on_train_begin`, which
+        must have made them). The list must have the same order and shapes every time.
+        """
+        return []
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Restores a state from `get_state` (after `on_train_begin`)."""

@@ -228,7 +228,14 @@ def _run_steps(runner: Any, iterator: Any, n: int, done: int, config: TrainConfi
     return losses
 
 
-def _dataset(interactions: Any, config: TrainConfig, start_step: int = 0) -> Any:
+def _dataset(
+    interactions: Any,
+    config: TrainConfig,
+    start_step: int = 0,
+    batches: Callable[[Any, int], Any] | None = None,
+) -> Any:
+    if batches is not None:
+        return batches(interactions, start_step)
     from tfembsize.data import bpr_dataset
 
     return bpr_dataset(interactions, config.batch_size, seed=config.seed, start_step=start_step)
@@ -251,6 +258,7 @@ def train_bpr(
     optimizer: Callable[[Any], Any] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     hook: TrainingHook | None = None,
+    batches: Callable[[Any, int], Any] | None = None,
 ) -> TrainResult:
     """Trains a BPR backbone in compiled chunks, with early stopping on validation.
 
@@ -294,6 +302,12 @@ def train_bpr(
             rerunning returns it (model set to the final weights) without training. The
             parity refit, if any, is redone after a crash during it.
         hook: a `TrainingHook` (e.g. an in-training controller's), or None.
+        batches: optional ``batches(interactions, start_step) -> tf.data.Dataset`` replacing
+            the default ``bpr_dataset(interactions, batch_size, seed, start_step=start_step)``
+            (e.g. `tfembsize.data.stream_dataset`, one pass over the training interactions
+            per epoch). Its element ``t`` must be batch number ``start_step + t`` of the same
+            sequence whatever ``start_step`` is, so that a resumed run sees the same batches;
+            a finite dataset must hold at least ``max_steps`` batches.
 
     Returns:
         A `TrainResult`.
@@ -346,10 +360,10 @@ def train_bpr(
     fingerprint: dict[str, Any] = {}
     if checkpoint_dir is not None:
         ckpt = TrainCheckpoint(checkpoint_dir)
-        fingerprint = TrainCheckpoint.fingerprint(model, config, opt)
+        fingerprint = TrainCheckpoint.fingerprint(model, config, opt, hook)
         state = ckpt.load_state(fingerprint)
         if state is not None and state.get("finished"):
-            ckpt.restore_into(model, opt)
+            ckpt.restore_into(model, opt, hook)
             if hook is not None:
                 hook.set_state(state.get("hook") or {})
             more = hook is not None and not hook.done and int(state["steps"]) < config.max_steps
@@ -368,7 +382,7 @@ def train_bpr(
                 return _result_from_dict(finished)
             # A hook with work left and a larger `max_steps`: train on from the last step.
         if state is not None:
-            ckpt.restore_into(model, opt)
+            ckpt.restore_into(model, opt, hook)
             steps = int(state["steps"])
             last_loss = float(state["last_loss"])
             stopper.best_value = float(state["best_value"])
@@ -390,7 +404,7 @@ def train_bpr(
                 stopper.best_value,
                 stopper.best_step,
             )
-    iterator = iter(_dataset(split.train, config, start_step=steps))
+    iterator = iter(_dataset(split.train, config, steps, batches))
     progbar = keras.utils.Progbar(config.max_steps, unit_name="step") if config.verbose else None
     if progbar is not None and steps:
         progbar.update(steps)
@@ -464,6 +478,7 @@ def train_bpr(
                 opt,
                 stopper.best_weights,
                 None if stopper.best_result is None else stopper.best_result.to_dict(),
+                hook=hook,
             )
         if stopper.exhausted:
             logger.info(
@@ -490,7 +505,7 @@ def train_bpr(
         if callable(getattr(model, "set_graph", None)):
             model.set_graph(full)
         _, runner = _optimizer_and_runner(model, config, optimizer)
-        iterator = iter(_dataset(full, config))
+        iterator = iter(_dataset(full, config, 0, batches))
         done = 0
         while done < refit_steps:
             n = min(config.eval_every, refit_steps - done)
@@ -527,7 +542,7 @@ def train_bpr(
     if ckpt is not None:
         state = _loop_state(steps, last_loss, stopper, history, t0, False, hook)
         state["finished"] = True
-        ckpt.save(state, fingerprint, model, model.optimizer, None, None, out.to_dict())
+        ckpt.save(state, fingerprint, model, model.optimizer, None, None, out.to_dict(), hook=hook)
     if hook is not None:
         hook.on_train_end(steps)
     return out
