@@ -1,4 +1,8 @@
-"""Search: the environment protocol, `KerasEnvironment`, typed records and the resumable loop.
+"""Search: the environment protocol, its environments, typed records and the resumable loop.
+
+`KerasEnvironment` trains the library's BPR backbones (`tfembsize.models`) with its own loop;
+`FitEnvironment` trains a model of your own with its own ``compile``/``fit``; any class with
+the `Environment` methods is an environment too.
 
 Example:
     >>> import tfembsize as tes  # doctest: +SKIP
@@ -14,6 +18,7 @@ from tfembsize.search.callbacks import (
     SearchCallback,
     TensorBoardCallback,
 )
+from tfembsize.search.entities import count_frequencies
 from tfembsize.search.environment import (
     Environment,
     KerasEnvironment,
@@ -22,12 +27,18 @@ from tfembsize.search.environment import (
     infer_tables,
     model_scorer,
 )
+from tfembsize.search.evaluation import TowerEvaluator, feedback_from_evaluation
+from tfembsize.search.fit_environment import FitEnvironment
 from tfembsize.search.loop import SearchResult, load_history, run, step_score
 
 __all__ = [
     "Environment",
     "StatefulEnvironment",
     "KerasEnvironment",
+    "FitEnvironment",
+    "TowerEvaluator",
+    "count_frequencies",
+    "feedback_from_evaluation",
     "Feedback",
     "Observation",
     "StepRecord",

@@ -38,9 +38,11 @@ step, so a resumed search continues exactly where it stopped; ``attach`` gives t
 environment a directory for files that do not change between steps (such as the pretrained
 reference model).
 
-A custom training loop (a TFRS model, a multi-task ranker, a JAX port of the data pipeline)
-plugs in by writing a small class with these methods; see ``KerasEnvironment`` for the
-reference implementation on top of `tfembsize.models.train_bpr` and
+A model of one's own trained with its ``compile``/``fit`` (a functional Keras model, a TFRS
+model) is searched by `tfembsize.search.FitEnvironment`. A custom training loop (a
+``tf.GradientTape`` loop, a multi-task ranker, a JAX port of the data pipeline) plugs in by
+writing a small class with these methods; ``KerasEnvironment`` is the implementation for the
+library's BPR backbones, on top of `tfembsize.models.train_bpr` and
 `tfembsize.metrics.RankingEvaluator`.
 """
 
@@ -56,7 +58,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from tfembsize import _io
-from tfembsize.layers.utils import find_searchable_layers, model_usage
+from tfembsize.layers.utils import find_searchable_layers, iter_layers, model_usage
 from tfembsize.plan import SizePlan
 from tfembsize.records import MODES, Feedback, Observation
 from tfembsize.training.outcome import Outcome
@@ -213,6 +215,13 @@ def _usable_params(model: Any) -> int:
     return model_usage(model)[0]
 
 
+def _has_index_lookup(model: Any) -> bool:
+    from tfembsize._keras import keras
+
+    lookups = (keras.layers.StringLookup, keras.layers.IntegerLookup)
+    return any(isinstance(layer, lookups) for layer in iter_layers(model))
+
+
 def _build_searchable(model: Any) -> None:
     for layer in find_searchable_layers(model).values():
         if not layer.built:
@@ -322,6 +331,7 @@ class KerasEnvironment:
         self.final_config = final_config if final_config is not None else reference_config
         self._want_reference = reference is True
         self._reference: Feedback | None = reference if isinstance(reference, Feedback) else None
+        self._uses_train_bpr = train_fn is None
         if train_fn is None:
             from tfembsize.models import train_bpr
 
@@ -343,6 +353,13 @@ class KerasEnvironment:
         self._prepare_model(self._model)
         if self._builder is None:
             self._initial = get_weights(self._model)
+        if self._uses_train_bpr and not callable(getattr(self._model, "train_batch", None)):
+            raise TypeError(
+                "KerasEnvironment trains the library's BPR backbones (MF, NCF, NGCF, LightGCN, "
+                "TwoTowerRetrieval) or models with `train_batch`; "
+                f"{type(self._model).__name__} has none. To search a model of your own "
+                "trained with its compile() and fit(), use tfembsize.search.FitEnvironment."
+            )
         self.tables = self._validated_tables()
         self.d_max = self._common_width()
 
@@ -371,9 +388,17 @@ class KerasEnvironment:
                 )
             expected = self.split.num_users if side == "user" else self.split.num_items
             if layers[name].input_dim != expected:
+                hint = (
+                    " KerasEnvironment feeds the split's ids to the tables as rows; a model "
+                    "whose ids go through a StringLookup/IntegerLookup (whose mask and "
+                    "out-of-vocabulary rows are rows of the table) is searched with "
+                    "tfembsize.search.FitEnvironment, which counts every table row."
+                    if _has_index_lookup(self._model)
+                    else ""
+                )
                 raise ValueError(
                     f"Layer {name!r} embeds {side}s but has input_dim={layers[name].input_dim}; "
-                    f"the split has {expected} {side}s."
+                    f"the split has {expected} {side}s.{hint}"
                 )
         missing = sorted(set(layers) - set(tables))
         if missing:

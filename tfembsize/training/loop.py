@@ -26,7 +26,7 @@ from tfembsize.training.config import TrainConfig, default_config, monitor_value
 from tfembsize.training.hooks import TrainingHook
 from tfembsize.training.outcome import EvalRecord, NonFiniteLossError, TrainResult
 
-__all__ = ["train_bpr"]
+__all__ = ["needs_autograph", "train_bpr"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,23 @@ class _EarlyStopping:
         return self.wait >= self.patience
 
 
+def needs_autograph(model: Any) -> bool:
+    """True if `train_bpr` must trace ``model.train_batch`` with AutoGraph.
+
+    AutoGraph converts Python control flow on tensors (``if``, ``for``, ``len``) into graph
+    ops; the library's backbones do without it, which makes tracing much faster. A model
+    needs it when it sets the class attribute ``requires_autograph = True`` or is a
+    TensorFlow Recommenders ``tfrs.Model`` (its tasks call ``len`` on tensors, which fails
+    without AutoGraph with "len is not well defined for a symbolic Tensor").
+    """
+    if getattr(model, "requires_autograph", False):
+        return True
+    return any(
+        getattr(cls, "__module__", "").startswith("tensorflow_recommenders")
+        for cls in type(model).__mro__
+    )
+
+
 def _chunk_runner(model: Any, jit_compile: bool = False, hook: TrainingHook | None = None) -> Any:
     """A compiled loop running up to ``n`` optimiser steps; stops at a non-finite loss.
 
@@ -84,13 +101,13 @@ def _chunk_runner(model: Any, jit_compile: bool = False, hook: TrainingHook | No
 
     Written as an explicit ``tf.while_loop`` and traced without AutoGraph: converting the
     Keras call stack with AutoGraph costs seconds per trace and changes nothing for our
-    backbones. Models whose code needs AutoGraph (TFRS tasks call ``len`` on tensors) set the
-    class attribute ``requires_autograph = True``. With ``jit_compile`` the optimiser step
+    backbones. Models whose code needs AutoGraph are traced with it (`needs_autograph`). With
+    ``jit_compile`` the optimiser step
     (the hook's in-graph work, forward, gradient, Adam update) is one XLA cluster called from
     the loop (the input pipeline stays outside); on CPU that is about 1.5x faster for MF
     (`benchmarks/jit_step.py`).
     """
-    autograph = bool(getattr(model, "requires_autograph", False))
+    autograph = needs_autograph(model)
 
     def one_step(batch: Any, step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         if hook is not None:
@@ -287,7 +304,9 @@ def train_bpr(
     Args:
         model: a `tfembsize.models` backbone, a `TwoTowerRetrieval`, or any ``keras.Model``
             with ``train_batch(batch) -> losses with .loss`` and ``ranking_scorer`` /
-            ``score_users``.
+            ``score_users``. ``train_batch`` is traced without AutoGraph unless the model
+            needs it (`needs_autograph`: a ``tfrs.Model``, or a class attribute
+            ``requires_autograph = True`` for Python control flow on tensors).
         split: the `tfembsize.data.Split`.
         evaluator: a `tfembsize.metrics.RankingEvaluator` for ``split``, or None for no
             validation (see above).
@@ -327,7 +346,9 @@ def train_bpr(
     if not callable(getattr(model, "train_batch", None)):
         raise TypeError(
             "`model` must be a tfembsize BPR backbone (MF, NCF, NGCF, LightGCN) or implement "
-            f"`train_batch`. Received: {type(model).__name__}"
+            f"`train_batch`. Received: {type(model).__name__}. To train (and size-search) a "
+            "model of your own with its compile() and fit(), use "
+            "tfembsize.search.FitEnvironment."
         )
     if config is None:
         config = default_config(model)
