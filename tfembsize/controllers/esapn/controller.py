@@ -266,8 +266,8 @@ class ESAPNController(InTrainingController):
         """
         if not callable(getattr(model, "sample_losses", None)):
             raise TypeError(
-                "ESAPNController needs a model with per-sample losses (`sample_losses`): a "
-                "tfembsize BPR backbone (MF, LightGCN, NGCF) or a RatingClassifier. "
+                "ESAPNController needs a tfembsize BPR backbone (MF, LightGCN, NGCF) or a "
+                "RatingClassifier: a model with per-sample losses (`sample_losses`). "
                 f"Received: {type(model).__name__}"
             )
         found = {key: getattr(model, key, None) for key in TABLES}
@@ -457,7 +457,7 @@ class ESAPNController(InTrainingController):
         ):
             baseline = remembered_mean(tf.gather(tf.convert_to_tensor(side.memory), x), counts, t)
             # padding slots hold arbitrary samples: their rewards never reach the update
-            reward = tf.where(mask, baseline - raised, 0.0)
+            reward = tf.where(valid, baseline - raised, 0.0)
             info = side.policy.tf_update(counts, rungs, a, reward, mask)
             side.policy_loss.assign_add(info.loss)
             side.updates.assign_add(tf.cast(info.samples > 0, tf.int64))
