@@ -55,7 +55,7 @@ def _check_ratings(ratings: np.ndarray) -> None:
         j = int(np.flatnonzero(bad)[0])
         raise ValueError(
             f"`ratings` must lie in [{low}, {high}] (a five-star scale). Received rating "
-            f"{ratings[j]!r} at position {j}."
+            f"{float(ratings[j]):g} at position {j}."
         )
 
 

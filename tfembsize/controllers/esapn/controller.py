@@ -50,8 +50,8 @@ class _Layout:
     """
 
     def __init__(self, model: Any) -> None:
-        fields = getattr(model, "sample_fields", None)
-        credited = getattr(model, "credited_fields", None)
+        fields: Any = getattr(model, "sample_fields", None)
+        credited: Any = getattr(model, "credited_fields", None)
         if fields is None and credited is None:
             fields, credited = BPR_SAMPLE_FIELDS, BPR_CREDITED_FIELDS
         parsed: tuple[tuple[str, tf.DType], ...] = ()

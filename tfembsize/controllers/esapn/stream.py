@@ -49,7 +49,7 @@ def stream_config(**changes: Any) -> ESAPNConfig:
     Args:
         **changes: fields to change.
     """
-    base = {"batch_size": 500, "learning_rate": 1e-3, "chunk_steps": 100}
+    base: dict[str, Any] = {"batch_size": 500, "learning_rate": 1e-3, "chunk_steps": 100}
     base.update(changes)
     return ESAPNConfig(**base)
 
@@ -128,7 +128,7 @@ class _Progress(TrainingHook):
 
     def after_batch(self, batch: Any, loss: tf.Tensor, step: tf.Tensor) -> tf.Tensor | None:
         if self.controller is not None:
-            return self.controller.after_batch(batch, loss, step)
+            self.controller.after_batch(batch, loss, step)
         return None
 
     def on_chunk_end(self, step: int, losses: np.ndarray) -> Mapping[str, float]:
