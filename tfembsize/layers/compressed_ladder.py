@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfembsize._batch_norm import batch_norm
-from tfembsize._keras import keras, register_serializable
+from tfembsize._keras import is_legacy_keras, keras, register_serializable
 from tfembsize.layers.compressed_embedding import CompressedEmbedding
 from tfembsize.layers.ladder_embedding import LadderEmbedding, LadderOverhead, _validate_ladder
 from tfembsize.layers.packed_table import PackedTable, pack_table
@@ -132,8 +132,19 @@ class CompressedLadderEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
         self.built = True
 
     def _create_weights(self) -> None:
+        # The lift runs in float32 (as the stored rows) and casts its result to the compute
+        # dtype, so a mixed-precision policy must not autocast the weights when they are read.
+        no_autocast = {"experimental_autocast": False} if is_legacy_keras() else {"autocast": False}
+
         def weight(name: str, shape: tuple[int, ...]) -> Any:
-            return self.add_weight(name=name, shape=shape, initializer="zeros", trainable=False)
+            return self.add_weight(
+                name=name,
+                shape=shape,
+                dtype="float32",
+                initializer="zeros",
+                trainable=False,
+                **no_autocast,
+            )
 
         # One attribute per variable (as LadderEmbedding): checkpoints follow attributes.
         for k, (lo, hi) in enumerate(zip(self.ladder, self.ladder[1:], strict=False)):
@@ -251,7 +262,7 @@ class CompressedLadderEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
         Args:
             ids: a 1-D int32 tensor of valid ids.
         """
-        stored = self.rows.lookup_flat(ids)
+        stored = tf.cast(self.rows.lookup_flat(ids), tf.float32)
         rung = tf.gather(tf.constant(self._class_rungs), self.rows.row_classes(ids))
         z = stored[:, : self.ladder[0]]
         # As the trained layer: after step k, z holds the lift to width d_k of every row on a
