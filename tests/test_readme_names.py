@@ -139,6 +139,7 @@ def test_every_public_layer_is_exported_by_tfembsize_layers_and_shown_in_the_rea
     assert defined == {
         "BudgetedEmbedding",
         "CompressedEmbedding",
+        "CompressedLadderEmbedding",
         "LadderEmbedding",
         "MaskedEmbedding",
         "PEPEmbedding",

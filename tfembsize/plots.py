@@ -73,8 +73,10 @@ def _save(fig: Any, plt: Any, out: Path) -> None:
     logger.info("Wrote %s", out)
 
 
-def _binned_medians(freq: np.ndarray, sizes: np.ndarray, bins: int) -> tuple[list, list]:
-    """Median size per logarithmic frequency bin (bins holding no row are left out)."""
+def _binned_medians(
+    freq: np.ndarray, sizes: np.ndarray, bins: int, statistic: str = "median"
+) -> tuple[list, list]:
+    """Median (or mean) size per logarithmic frequency bin (empty bins are left out)."""
     edges = np.unique(np.geomspace(1.0, max(2.0, float(freq.max()) + 1.0), bins + 1))
     where = np.clip(np.digitize(freq + 1.0, edges) - 1, 0, len(edges) - 2)
     centres, medians = [], []
@@ -82,7 +84,7 @@ def _binned_medians(freq: np.ndarray, sizes: np.ndarray, bins: int) -> tuple[lis
         chosen = sizes[where == b]
         if chosen.size:
             centres.append(float(np.sqrt(edges[b] * edges[b + 1]) - 1.0))
-            medians.append(float(np.median(chosen)))
+            medians.append(float(np.median(chosen) if statistic == "median" else chosen.mean()))
     return centres, medians
 
 
@@ -93,6 +95,8 @@ def plot_sizes_vs_frequency(
     d_max: int | None = None,
     bins: int = 20,
     title: str = "",
+    statistic: str = "median",
+    xlabel: str = "training frequency + 1",
 ) -> dict[str, dict[str, list[float]]]:
     """Each row's size against its training frequency, one panel per side.
 
@@ -103,13 +107,16 @@ def plot_sizes_vs_frequency(
         d_max: draws the full width as a line, if given.
         bins: logarithmic frequency bins for the median line.
         title: figure title.
+        statistic: the line drawn per bin, ``"median"`` or ``"mean"`` size.
+        xlabel: label of the frequency axis.
 
     Returns:
-        ``{side: {"bin_frequency": [...], "median_size": [...]}}``: the median lines.
+        ``{side: {"bin_frequency": [...], "median_size": [...]}}``: the lines (the key is
+        ``"mean_size"`` with ``statistic="mean"``).
 
     Raises:
         ValueError: empty ``sides``, vectors of different lengths, negative frequencies or
-            sizes below 1, or ``bins`` not a positive integer.
+            sizes below 1, ``bins`` not a positive integer, or an unknown ``statistic``.
 
     Example:
         >>> plot_sizes_vs_frequency(
@@ -124,6 +131,10 @@ def plot_sizes_vs_frequency(
         )
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise ValueError(f"`bins` must be a positive integer. Received: bins={bins!r}")
+    if statistic not in ("median", "mean"):
+        raise ValueError(
+            f"`statistic` must be 'median' or 'mean'. Received: statistic={statistic!r}"
+        )
     data = {}
     for name, pair in sides.items():
         if not isinstance(pair, tuple) or len(pair) != 2:
@@ -150,17 +161,17 @@ def plot_sizes_vs_frequency(
     fig, axes = plt.subplots(1, len(data), figsize=(5.0 * len(data), 3.8), squeeze=False)
     result = {}
     for ax, (name, (sizes, freq)) in zip(axes[0], data.items(), strict=True):
-        centres, medians = _binned_medians(freq, sizes, bins)
+        centres, medians = _binned_medians(freq, sizes, bins, statistic)
         ax.scatter(freq + 1.0, sizes, s=3, alpha=0.25, color="tab:blue", label="rows")
-        ax.plot(np.asarray(centres) + 1.0, medians, color="tab:red", lw=2, label="median")
+        ax.plot(np.asarray(centres) + 1.0, medians, color="tab:red", lw=2, label=statistic)
         if d_max is not None:
             ax.axhline(d_max, color="grey", ls="--", lw=1, label=f"d_max = {d_max}")
         ax.set_xscale("log")
-        ax.set_xlabel("training frequency + 1")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("size")
         ax.set_title(f"{name}: mean size {sizes.mean():.1f}")
         ax.legend(loc="best", fontsize=8)
-        result[name] = {"bin_frequency": centres, "median_size": medians}
+        result[name] = {"bin_frequency": centres, f"{statistic}_size": medians}
     if title:
         fig.suptitle(title)
     _save(fig, plt, out)

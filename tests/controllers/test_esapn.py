@@ -170,7 +170,7 @@ def test_reward_is_the_remembered_mean_minus_the_raised_loss_by_hand(monkeypatch
         counts={0: 1, 2: 2, 3: 4},
         previous=[0, 2, 3, 0],
     )
-    controller._previous_neg.assign([1, 1, 1, 0])
+    controller._previous_fields["neg_item"].assign([1, 1, 1, 0])
     controller._previous_size.assign(3)
     calls = {}
     for side in controller.sides:
@@ -269,7 +269,7 @@ def test_after_batch_credits_the_user_and_the_positive_item_only():
     user, item = controller.sides
     assert user.previous.numpy().tolist() == [0, 1, 0, 0, 0]
     assert item.previous.numpy().tolist() == [0, 2, 0, 3, 0]
-    assert controller._previous_neg.numpy().tolist() == [1, 1, 2, 1, 0]
+    assert controller._previous_fields["neg_item"].numpy().tolist() == [1, 1, 2, 1, 0]
     assert int(controller._previous_size.numpy()) == 4
 
 

@@ -13,6 +13,8 @@ from tfembsize._keras import is_legacy_keras, keras, register_serializable
 from tfembsize.layers import (
     BudgetedEmbedding,
     CompressedEmbedding,
+    CompressedLadderEmbedding,
+    LadderEmbedding,
     MaskedEmbedding,
     PEPEmbedding,
     ids_out_of_range_message,
@@ -130,11 +132,33 @@ class TestCompressedSparseEmbeddingContract(LayerContract):
         layer.set_packed(self._packed)
 
 
+def _ladder_source() -> LadderEmbedding:
+    source = LadderEmbedding(10, (1, 2, 4), name="compressed")
+    source.grow([1, 2, 4, 4, 7])
+    source.grow([2, 7, 8])
+    source.moving_mean.assign([0.1, -0.2, 0.3, 0.0])
+    source.moving_variance.assign([1.5, 0.5, 2.0, 1.0])
+    return source
+
+
+class TestCompressedLadderEmbeddingContract(LayerContract):
+    layer_cls = CompressedLadderEmbedding
+    _source = CompressedLadderEmbedding.from_layer(_ladder_source())
+    init_kwargs = {k: v for k, v in _source.get_config().items() if k not in ("name", "dtype")}
+    input_data = IDS
+    run_training_check = False  # inference only: nothing to train
+
+    def prepare(self, layer):
+        layer.set_weights(self._source.get_weights())
+
+
 def test_compressed_contract_cases_are_not_trivial():
     prefix = TestCompressedPrefixEmbeddingContract._packed
     sparse = TestCompressedSparseEmbeddingContract._packed
     assert prefix.kind == "prefix" and len(prefix.class_widths) == 4
     assert sparse.kind == "sparse" and 0 in sparse.class_widths
+    ladder = TestCompressedLadderEmbeddingContract._source
+    assert sorted(set(ladder.rungs.tolist())) == [0, 1, 2]
 
 
 def test_module_example_runs():

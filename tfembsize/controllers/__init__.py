@@ -17,9 +17,11 @@ from tfembsize.controllers.esapn import (
     ESAPNConfig,
     ESAPNController,
     ESAPNRun,
+    ESAPNStreamRun,
     default_ladder,
     esapn_model,
     run_esapn,
+    run_esapn_stream,
 )
 from tfembsize.controllers.hooks import InTrainingController
 from tfembsize.controllers.pep import (
@@ -59,9 +61,11 @@ __all__ = [
     "ESAPNConfig",
     "ESAPNController",
     "ESAPNRun",
+    "ESAPNStreamRun",
     "default_ladder",
     "esapn_model",
     "run_esapn",
+    "run_esapn_stream",
     "PEPConfig",
     "PEPCapture",
     "PEPPruneResult",

@@ -170,11 +170,17 @@ def _tokens_whitespace(data: bytes, path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _fields_separated(
-    data: bytes, path: str, sep: bytes, num_fields: int, int_fields: int
+    data: bytes,
+    path: str,
+    sep: bytes,
+    num_fields: int,
+    int_fields: int,
+    int_names: str = "id fields",
 ) -> np.ndarray:
     """Parses lines of exactly ``num_fields`` fields separated by ``sep``.
 
-    Fields hold digits and ``.``; the first ``int_fields`` must be non-negative integers.
+    Fields hold digits and ``.``; the first ``int_fields`` must be non-negative integers
+    (``int_names`` names them in the error).
     Empty lines are skipped; CRLF line ends are accepted.
 
     Returns:
@@ -232,14 +238,17 @@ def _fields_separated(
     for f in range(int_fields):
         if f:
             starts[:, f] = seps[first_sep + f - 1] + 1
-        ends[:, f] = seps[first_sep + f] - 1
+        if f == num_fields - 1:  # the last field ends at its line's newline
+            ends[:, f] = nl[nonempty] - 1
+        else:
+            ends[:, f] = seps[first_sep + f] - 1
     if b"." in data:
         dots = np.flatnonzero(buf == 46)
         limit = np.full(nl.size, -1, dtype=np.int64)
         limit[nonempty] = ends[:, -1]
         inside = dots <= limit[np.searchsorted(nl, dots)]
         if inside.any():
-            raise lines.error(int(dots[np.argmax(inside)]), "id fields must be integers")
+            raise lines.error(int(dots[np.argmax(inside)]), f"{int_names} must be integers")
     values = _parse_ints(buf, starts.reshape(-1), ends.reshape(-1), lines)
     return values.reshape(-1, int_fields)
 
@@ -347,6 +356,22 @@ def load_movielens(path: str | os.PathLike, *, name: str | None = None) -> Inter
         (943, 1682, 100000)
     """
     file = _movielens_file(Path(path))
+    fields = _movielens_fields(file, int_fields=2)
+    result = Interactions.from_raw(fields[:, 0], fields[:, 1], name=name or file.parent.name)
+    _log_loaded(result, [file])
+    return result
+
+
+def _movielens_fields(file: Path, int_fields: int, int_names: str = "id fields") -> np.ndarray:
+    """The first ``int_fields`` integer fields of every line of a MovieLens ratings file.
+
+    The separator is chosen from the file name (``ratings.dat`` -> ``::``, ``u.data`` ->
+    tab) or, for other names, from the first line.
+
+    Raises:
+        MalformedFileError: on a line without 4 fields or with a non-integer field.
+        EmptyDataFileError: the file holds no rating.
+    """
     data = _read_bytes(file)
     if not data.strip():
         _refuse_empty(file, 0)
@@ -358,11 +383,9 @@ def load_movielens(path: str | os.PathLike, *, name: str | None = None) -> Inter
     else:
         first_line = data[: data.find(b"\n")] if b"\n" in data else data
         sep = b"::" if b"::" in first_line else b"\t"
-    fields = _fields_separated(data, str(file), sep, num_fields=4, int_fields=2)
+    fields = _fields_separated(data, str(file), sep, 4, int_fields, int_names)
     _refuse_empty(file, fields.shape[0])
-    result = Interactions.from_raw(fields[:, 0], fields[:, 1], name=name or file.parent.name)
-    _log_loaded(result, [file])
-    return result
+    return fields
 
 
 def _refuse_empty(path: Path, num_pairs: int) -> None:

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from tfembsize._keras import is_legacy_keras, keras
 from tfembsize.layers.compressed_embedding import CompressedEmbedding
+from tfembsize.layers.compressed_ladder import CompressedLadderEmbedding
 from tfembsize.layers.utils import iter_layers
 
 __all__ = [
@@ -76,13 +77,18 @@ class CompressionError(ValueError):
 def is_searchable(layer: Any) -> bool:
     """Whether ``layer`` holds searchable embedding state that `compress` must replace.
 
-    True for layers flagged ``_tfembsize_searchable`` (prefix-size layers) or
-    ``_tfembsize_pep``, layers with a ``_tfembsize_compress`` hook, and any layer exposing
-    ``pruning_mask()`` and ``pruned_table()``.
+    True for layers flagged ``_tfembsize_searchable`` (prefix-size layers),
+    ``_tfembsize_pep`` or ``_tfembsize_ladder`` (`LadderEmbedding`), layers with a
+    ``_tfembsize_compress`` hook, and any layer exposing ``pruning_mask()`` and
+    ``pruned_table()``.
     """
-    if isinstance(layer, CompressedEmbedding) or not isinstance(layer, keras.layers.Layer):
+    if isinstance(layer, (CompressedEmbedding, CompressedLadderEmbedding)) or not isinstance(
+        layer, keras.layers.Layer
+    ):
         return False
     if getattr(layer, "_tfembsize_searchable", False) or getattr(layer, "_tfembsize_pep", False):
+        return True
+    if getattr(layer, "_tfembsize_ladder", False):
         return True
     if callable(getattr(layer, "_tfembsize_compress", None)):
         return True
@@ -93,6 +99,8 @@ def is_searchable(layer: Any) -> bool:
 
 def _can_compress(layer: Any) -> bool:
     if callable(getattr(layer, "_tfembsize_compress", None)):
+        return True
+    if getattr(layer, "_tfembsize_ladder", False):
         return True
     if callable(getattr(layer, "pruning_mask", None)) and callable(
         getattr(layer, "pruned_table", None)
@@ -128,8 +136,11 @@ def compress_layer(
     """The inference-only replacement of one searchable layer.
 
     A layer may define ``_tfembsize_compress(scoring=..., max_classes=..., positions=...)`` to
-    provide its
-    own replacement (e.g. a multi-table ladder); otherwise PEP-style layers
+    provide its own replacement. A `tfembsize.layers.LadderEmbedding` becomes a
+    `tfembsize.layers.CompressedLadderEmbedding` (each row at its rung's size, plus the maps
+    and the normalisation's inference statistics; one size class per rung, so
+    ``max_classes``, ``positions`` and ``scoring`` do not apply: its lookup is not a plain
+    row, so items are scored from their lifted vectors). Otherwise PEP-style layers
     (``pruning_mask()``/``pruned_table()``) and prefix-size layers (``sizes``/
     ``masked_table()``) become a `CompressedEmbedding`.
 
@@ -146,6 +157,8 @@ def compress_layer(
     hook = getattr(layer, "_tfembsize_compress", None)
     if callable(hook):
         return hook(scoring=scoring, max_classes=max_classes, positions=positions)
+    if getattr(layer, "_tfembsize_ladder", False):
+        return CompressedLadderEmbedding.from_layer(layer)
     if not _can_compress(layer):
         raise CompressionError(
             f"Layer '{layer.name}' ({type(layer).__name__}) is marked searchable but "
@@ -194,11 +207,11 @@ def compress(
 ) -> Any:
     """A copy of ``model`` whose searchable embedding layers are inference-only and small.
 
-    Every searchable layer (`MaskedEmbedding`, `BudgetedEmbedding`, PEP layers, layers with
-    a ``_tfembsize_compress`` hook) is replaced by its `compress_layer` result, in nested,
-    Functional, Sequential and subclassed models alike (see the module docstring for how
-    subclassed models are rebuilt). The outputs of the new model equal the original's; the
-    original model is left untouched.
+    Every searchable layer (`MaskedEmbedding`, `BudgetedEmbedding`, PEP layers,
+    `LadderEmbedding`, layers with a ``_tfembsize_compress`` hook) is replaced by its
+    `compress_layer` result, in nested, Functional, Sequential and subclassed models alike
+    (see the module docstring for how subclassed models are rebuilt). The outputs of the new
+    model equal the original's; the original model is left untouched.
 
     Args:
         model: a Keras model (or layer) holding searchable layers.

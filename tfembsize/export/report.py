@@ -17,6 +17,7 @@ from tfembsize.layers.compressed_embedding import (
     PackedTable,
     pack_layer,
 )
+from tfembsize.layers.compressed_ladder import pack_ladder
 from tfembsize.layers.utils import iter_layers
 
 __all__ = ["TableReport", "CompressionReport", "compression_report"]
@@ -257,6 +258,9 @@ def compression_report(
     if found:
         scoring = retrieval_table(model, found)
         for name, layer in found.items():
+            if getattr(layer, "_tfembsize_ladder", False):  # stored as compress() stores it
+                tables.append(_table_report(f"{name}_rows", pack_ladder(layer)))
+                continue
             packed = pack_layer(
                 layer, scoring=name == scoring, max_classes=max_classes, positions=positions
             )

@@ -71,6 +71,7 @@ from tfembsize.export.towers import (
     tower_signatures,
 )
 from tfembsize.layers.compressed_embedding import CompressedEmbedding
+from tfembsize.layers.compressed_ladder import CompressedLadderEmbedding
 from tfembsize.layers.utils import iter_layers
 
 __all__ = [
@@ -630,7 +631,7 @@ def _check_lookups(model: Any, small: Any) -> None:
     new_layers = {
         layer.name: layer
         for layer in [small, *iter_layers(small)]
-        if isinstance(layer, CompressedEmbedding)
+        if isinstance(layer, (CompressedEmbedding, CompressedLadderEmbedding))
     }
     for name, layer in searchable_layers(model).items():
         new = new_layers.get(name)

@@ -2,6 +2,7 @@
 
 from tfembsize.layers.budgeted_embedding import BudgetedEmbedding
 from tfembsize.layers.compressed_embedding import CompressedEmbedding
+from tfembsize.layers.compressed_ladder import CompressedLadderEmbedding
 from tfembsize.layers.ladder_embedding import LadderEmbedding
 from tfembsize.layers.masked_embedding import MaskedEmbedding
 from tfembsize.layers.pep_embedding import PEPEmbedding, find_pep_layers
@@ -16,6 +17,7 @@ __all__ = [
     "BudgetedEmbedding",
     "PEPEmbedding",
     "CompressedEmbedding",
+    "CompressedLadderEmbedding",
     "LadderEmbedding",
     "find_searchable_layers",
     "find_pep_layers",

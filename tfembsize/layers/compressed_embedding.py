@@ -360,6 +360,11 @@ class CompressedEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
         bounds = tf.constant(self._starts[1:-1].astype(np.int32))
         return tf.reduce_sum(tf.cast(slots[:, None] >= bounds[None, :], tf.int32), axis=1)
 
+    def row_classes(self, ids: tf.Tensor) -> tf.Tensor:
+        """Size class (index into ``class_widths``) of each of a 1-D int32 tensor of ids."""
+        slots = unpack_tf(self._read("row_to_slot"), ids, self.index_bits)
+        return self._class_of(slots)
+
     def lookup_flat(self, ids: tf.Tensor) -> tf.Tensor:
         """Rows for a 1-D int32 tensor of (already validated) ids: ``[m, output_dim]``."""
         m = tf.shape(ids)[0]

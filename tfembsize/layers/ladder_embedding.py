@@ -116,7 +116,9 @@ class LadderEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
     is stored (``input_dim * sum(ladder)`` floats); rows off their rung are stale and get no
     gradient and no regularisation. Sizes come from the ladder, not from a size plan: the
     layer has no ``assign_sizes``, so `tfembsize.layers.find_searchable_layers` does not list
-    it.
+    it. For serving, `tfembsize.export.compress` (and `tfembsize.export.save_compressed`)
+    replaces it with a `tfembsize.layers.CompressedLadderEmbedding` that stores each row at
+    its current size only and gives the same outputs.
 
     Ids may have any rank (or be a ``tf.RaggedTensor``). An id outside ``[0, input_dim)``
     raises ``tf.errors.InvalidArgumentError`` naming the layer, the id and ``input_dim``,
@@ -150,6 +152,9 @@ class LadderEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
         Liu et al., "Automated Embedding Size Search in Deep Recommender Systems",
         SIGIR 2020 (ESAPN).
     """
+
+    _tfembsize_ladder = True
+    """`tfembsize.export.compress` turns the layer into a `CompressedLadderEmbedding`."""
 
     def __init__(
         self,

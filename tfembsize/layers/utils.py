@@ -227,18 +227,24 @@ def model_usage(model: Any) -> tuple[int, int]:
 
     The one place usable parameters are summed: a table counts if it has ``usable_params()``
     and ``input_dim`` (`MaskedEmbedding`, `BudgetedEmbedding`, `PEPEmbedding`, ...; NCF's
-    two tables per side both count). This is what a budget is checked against.
+    two tables per side both count). A table held inside another counted table (the rows
+    of a `CompressedLadderEmbedding`) is counted with it, not again. This is what a budget
+    is checked against.
 
     Raises:
         ValueError: ``model`` has no sized embedding table.
     """
     used = rows = 0
     seen = False
+    inner: set[int] = set()
     for layer in [model, *iter_layers(model)]:
+        if id(layer) in inner:
+            continue
         if callable(getattr(layer, "usable_params", None)) and hasattr(layer, "input_dim"):
             used += int(layer.usable_params())
             rows += int(layer.input_dim)
             seen = True
+            inner.update(id(x) for x in iter_layers(layer))
     if not seen:
         raise ValueError(
             f"{type(model).__name__} has no sized embedding tables (layers with "

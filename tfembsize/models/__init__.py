@@ -1,5 +1,8 @@
 """Recommender backbones trained with BPR, and their training recipes.
 
+`RatingClassifier` is ESAPN's streaming rating classifier (trained test-then-train on a
+`tfembsize.data.RatingStream`).
+
 `MF`, `NCF`, `NGCF` and `LightGCN` take their embedding layers as constructor arguments (any
 tfembsize layer or a plain ``Embedding``) and implement the retrieval protocol
 (``embed_users``, ``embed_items``, ``representations``, ``score_users``). `train_bpr` trains one
@@ -21,6 +24,7 @@ from tfembsize.models.lightgcn import LightGCN
 from tfembsize.models.mf import MF
 from tfembsize.models.ncf import GMF_MODES, NCF
 from tfembsize.models.ngcf import NGCF
+from tfembsize.models.rating import TASKS, RatingClassifier, RatingLosses
 from tfembsize.training import (
     PRESETS,
     EvalRecord,
@@ -47,6 +51,9 @@ __all__ = [
     "NCF",
     "NGCF",
     "NonFiniteLossError",
+    "RatingClassifier",
+    "RatingLosses",
+    "TASKS",
     "PRESETS",
     "StaircaseDecay",
     "TrainConfig",

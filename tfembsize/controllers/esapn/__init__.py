@@ -15,7 +15,10 @@ The pieces:
 * `ESAPNController`: the in-training controller, the hook of `tfembsize.training.train_bpr`
   (all its per-batch work runs inside the compiled step, with XLA too);
 * `run_esapn`: one pass (or several) over the training interactions with the controller,
-  checkpointed and resumable (what the paper protocol calls).
+  checkpointed and resumable (what the paper protocol calls);
+* `run_esapn_stream`: the paper's own setting, a time-ordered rating stream classified
+  test-then-train by a `tfembsize.models.RatingClassifier` (ESAPN or the fixed-size
+  baseline), checkpointed and resumable.
 
 References:
     Liu et al., "Automated Embedding Size Search in Deep Recommender Systems", SIGIR 2020
@@ -25,12 +28,16 @@ References:
 from tfembsize.controllers.esapn.config import ESAPNConfig, default_ladder, esapn_model
 from tfembsize.controllers.esapn.controller import ESAPNController
 from tfembsize.controllers.esapn.run import ESAPNRun, run_esapn
+from tfembsize.controllers.esapn.stream import ESAPNStreamRun, run_esapn_stream, stream_config
 
 __all__ = [
     "ESAPNConfig",
     "ESAPNController",
     "ESAPNRun",
+    "ESAPNStreamRun",
     "default_ladder",
     "esapn_model",
     "run_esapn",
+    "run_esapn_stream",
+    "stream_config",
 ]

@@ -1,4 +1,4 @@
-"""`ESAPNController`: grows per-row sizes up a ladder while a BPR backbone trains."""
+"""`ESAPNController`: grows per-row sizes up a ladder while a model trains on a stream."""
 
 from __future__ import annotations
 
@@ -20,14 +20,92 @@ from tfembsize.controllers.esapn.config import TABLES, ESAPNConfig
 from tfembsize.controllers.hooks import InTrainingController
 from tfembsize.errors import BudgetInfeasibleError
 from tfembsize.layers.ladder_embedding import LadderEmbedding
-from tfembsize.models.base import _unpack_batch
+from tfembsize.models.base import as_ids
 from tfembsize.rl.reinforce import GROW, KEEP, ReinforcePolicy
 
-__all__ = ["ESAPNController"]
+__all__ = ["ESAPNController", "BPR_SAMPLE_FIELDS", "BPR_CREDITED_FIELDS"]
 
 logger = logging.getLogger(__name__)
 
 _STATE_FORMAT = "tfembsize.ESAPNController"
+
+BPR_SAMPLE_FIELDS: tuple[tuple[str, str], ...] = (
+    ("user", "int32"),
+    ("pos_item", "int32"),
+    ("neg_item", "int32"),
+)
+"""The fields of a BPR batch (what a backbone without ``sample_fields`` is read with)."""
+
+BPR_CREDITED_FIELDS: tuple[str, str] = ("user", "pos_item")
+"""The user and the positive item of a BPR triple get its loss; the negative item does not."""
+
+
+class _Layout:
+    """How the controller reads a model's batches: the fields and the two credited ones.
+
+    A model declares it with two attributes: ``sample_fields``, the ``(name, dtype)`` of
+    every per-sample field its ``sample_losses`` reads (each a ``[b]`` vector), and
+    ``credited_fields``, the names of the fields holding the user and the item each sample's
+    loss is credited to. A model without them is read as a BPR backbone.
+    """
+
+    def __init__(self, model: Any) -> None:
+        fields: Any = getattr(model, "sample_fields", None)
+        credited: Any = getattr(model, "credited_fields", None)
+        if fields is None and credited is None:
+            fields, credited = BPR_SAMPLE_FIELDS, BPR_CREDITED_FIELDS
+        parsed: tuple[tuple[str, tf.DType], ...] = ()
+        pair: tuple[str, ...] = ()
+        try:
+            parsed = tuple((str(name), tf.as_dtype(dtype)) for name, dtype in fields)
+            pair = tuple(str(name) for name in credited)
+        except (TypeError, ValueError):
+            pass
+        dtypes = dict(parsed)
+        if (
+            not parsed
+            or len(dtypes) != len(parsed)
+            or len(pair) != 2
+            or pair[0] == pair[1]
+            or any(dtypes.get(name) not in (tf.int32, tf.int64) for name in pair)
+        ):
+            raise ValueError(
+                f"{type(model).__name__}.sample_fields must list (name, dtype) pairs of "
+                "distinct fields, and credited_fields the two integer fields (user, item) "
+                f"credited with each sample's loss. Received: sample_fields={fields!r}, "
+                f"credited_fields={credited!r}"
+            )
+        self.fields = parsed
+        self.credited = (pair[0], pair[1])
+        self.names = tuple(name for name, _ in self.fields)
+        self.extra = tuple((n, d) for n, d in self.fields if n not in self.credited)
+
+    def read(self, batch: Any) -> dict[str, tf.Tensor]:
+        """The batch's fields by name (credited ids as int32, the others in their dtype)."""
+        if isinstance(batch, (tuple, list)) and len(batch) == 1:
+            batch = batch[0]
+        if isinstance(batch, Mapping):
+            missing = [name for name in self.names if name not in batch]
+            if missing:
+                raise ValueError(
+                    f"A batch must be a dict with the keys {list(self.names)}. Missing: "
+                    f"{missing}; received keys {sorted(batch)}."
+                )
+            values = [batch[name] for name in self.names]
+        elif isinstance(batch, (tuple, list)) and len(batch) == len(self.names):
+            values = list(batch)
+        else:
+            raise ValueError(
+                f"A batch must be a dict with the keys {list(self.names)} or a tuple of "
+                f"{len(self.names)} tensors in that order. Received: {type(batch).__name__}"
+            )
+        out = {}
+        for (name, dtype), value in zip(self.fields, values, strict=True):
+            if name in self.credited:
+                out[name] = as_ids(value)
+            else:
+                out[name] = tf.cast(value, dtype)
+        return out
 
 
 def _optimizer_variables(optimizer: Any) -> list[Any]:
@@ -94,34 +172,41 @@ class _Side:
 
 
 class ESAPNController(InTrainingController):
-    """Grows each user's and item's size up a ladder while a BPR backbone trains (ESAPN).
+    """Grows each user's and item's size up a ladder while a model trains on a stream (ESAPN).
 
-    The backbone's user and item tables are `tfembsize.layers.LadderEmbedding` layers
-    (`esapn_model` converts a backbone): every row sits on a rung of the ladder of candidate
-    sizes (all start on the lowest) and only grows. Each side has a `ReinforcePolicy` whose
-    state is the row's running interaction count and its rung, and whose actions are keep
-    and grow. Inside the compiled step of `tfembsize.training.train_bpr`, per batch:
+    The model's user and item tables are `tfembsize.layers.LadderEmbedding` layers
+    (`esapn_model` converts a BPR backbone; `tfembsize.models.RatingClassifier` is the
+    streaming rating classifier): every row sits on a rung of the ladder of candidate sizes
+    (all start on the lowest) and only grows. Each side has a `ReinforcePolicy` whose state
+    is the row's running interaction count and its rung, and whose actions are keep and
+    grow. Each sample's loss is credited to one user and one item: for a BPR backbone the
+    user and the positive item of a triple (the negative item gets no credit), for the
+    rating classifier the user and the item rated. A model names these through two
+    attributes, ``sample_fields`` (the ``(name, dtype)`` of every per-sample field its
+    ``sample_losses(batch, training)`` reads) and ``credited_fields`` (the user and the item
+    field); a model without them is read as a BPR backbone. Inside the compiled step of
+    `tfembsize.training.train_bpr`, per batch:
 
-    1. **Policy step** on the previous batch (none on the first batch). For its users and
-       positive items (the negative item of a BPR triple gets no credit), an action is drawn
-       from each side's policy (one per row, shared by the row's triples); the rows whose
-       action is grow are raised one rung, every triple's loss ``softplus(s_neg - s_pos)``
-       is computed in inference mode (no gradient, no optimiser step), and the rungs are put
-       back (no table is written: a raised row reads the row its next rung's table holds).
-       A row's reward is the mean of its remembered losses (at most ``memory`` of them)
-       minus that loss, and each policy takes one REINFORCE step on
-       ``-sum R log pi(a | s)`` over the triples, leaving out rows already on the top rung.
+    1. **Policy step** on the previous batch (none on the first batch). For its credited
+       users and items, an action is drawn from each side's policy (one per row, shared by
+       the row's samples); the rows whose action is grow are raised one rung, every sample's
+       loss (``softplus(s_neg - s_pos)`` for a triple) is computed in inference mode (no
+       gradient, no optimiser step), and the rungs are put back (no table is written: a
+       raised row reads the row its next rung's table holds). A row's reward is the mean of
+       its remembered losses (at most ``memory`` of them) minus that loss, and each policy
+       takes one REINFORCE step on ``-sum R log pi(a | s)`` over the samples, leaving out
+       rows already on the top rung.
        The draws are stateless, a hash of ``(seed, step, position)``: a resumed run draws
        the same, and so does a run compiled with XLA.
-    2. **Growth** on the current batch: each user and positive item whose greedy action is
+    2. **Growth** on the current batch: each credited user and item whose greedy action is
        grow moves up one rung, its new row initialised by lifting its old one
        (`LadderEmbedding.grow`, outside the gradient). With ``budget_cap`` a growth that
        would take the usable parameters of both tables over ``B(c)`` is refused (requests
        are taken in batch order, a user before its item; once one does not fit, the rest
        of the batch stays put).
-    3. The backbone's own optimiser step (the loop's).
-    4. After the step, each triple's loss (recomputed in inference mode with the new
-       weights) is pushed into the ring buffers of its user and positive item, whose
+    3. The model's own optimiser step (the loop's).
+    4. After the step, each sample's loss (recomputed in inference mode with the new
+       weights) is pushed into the ring buffers of its credited user and item, whose
        running counts go up (they never reset), and the batch is kept as the next
        previous batch.
 
@@ -163,22 +248,26 @@ class ESAPNController(InTrainingController):
         self.budget: Budget | None = None
         self.limit: int | None = None
         self.last_metrics: dict[str, float] = {}
-        self._previous_neg: tf.Variable | None = None
+        self._layout: _Layout | None = None
+        self._previous_fields: dict[str, tf.Variable] = {}
         self._previous_size: tf.Variable | None = None
 
     # Setup ------------------------------------------------------------------------------------
     def attach(self, model: Any) -> ESAPNController:
-        """Finds the user and item `LadderEmbedding` of a BPR backbone and makes the state.
+        """Finds the user and item `LadderEmbedding` of the model and makes the state.
 
         Raises:
-            TypeError: ``model`` is not a BPR backbone.
-            ValueError: its user or item table is not a `LadderEmbedding`, or the two tables
-                differ in width.
+            TypeError: ``model`` has no ``sample_losses`` (not a BPR backbone nor a
+                `tfembsize.models.RatingClassifier`).
+            ValueError: its user or item table is not a `LadderEmbedding`, the two tables
+                differ in width, or its ``sample_fields`` / ``credited_fields`` are
+                malformed.
             BudgetInfeasibleError: with ``budget_cap``, the tables are over ``B(c)`` already.
         """
         if not callable(getattr(model, "sample_losses", None)):
             raise TypeError(
-                "ESAPNController needs a tfembsize BPR backbone (MF, LightGCN, NGCF). "
+                "ESAPNController needs a tfembsize BPR backbone (MF, LightGCN, NGCF) or a "
+                "RatingClassifier: a model with per-sample losses (`sample_losses`). "
                 f"Received: {type(model).__name__}"
             )
         found = {key: getattr(model, key, None) for key in TABLES}
@@ -196,7 +285,9 @@ class ESAPNController(InTrainingController):
                 "The user and item tables must have the same width. Received widths "
                 f"{user.output_dim} and {item.output_dim}."
             )
+        layout = _Layout(model)
         self.model = model
+        self._layout = layout
         self.d_max = int(user.output_dim)
         self.num_rows = int(user.input_dim + item.input_dim)
         self.sides = (
@@ -204,7 +295,10 @@ class ESAPNController(InTrainingController):
             _Side("item", 1, item, self.config),
         )
         capacity = int(self.config.batch_size)
-        self._previous_neg = _variable(tf.zeros([capacity], tf.int32), "esapn_previous_negative")
+        self._previous_fields = {
+            name: _variable(tf.zeros([capacity], dtype), f"esapn_previous_{name}")
+            for name, dtype in layout.extra
+        }
         self._previous_size = _variable(tf.constant(0, tf.int32), "esapn_previous_size")
         self.budget = self.config.budget(self.d_max)
         self.limit = None if self.budget is None else self.budget.max_params_for(self.num_rows)
@@ -225,10 +319,10 @@ class ESAPNController(InTrainingController):
         if not self.sides:
             raise RuntimeError("ESAPNController: call `attach(model)` first.")
 
-    def _previous(self) -> tuple[tf.Variable, tf.Variable]:
-        if self._previous_neg is None or self._previous_size is None:
+    def _previous(self) -> tuple[_Layout, dict[str, tf.Variable], tf.Variable]:
+        if self._layout is None or self._previous_size is None:
             raise RuntimeError("ESAPNController: call `attach(model)` first.")
-        return self._previous_neg, self._previous_size
+        return self._layout, self._previous_fields, self._previous_size
 
     @property
     def policies(self) -> dict[str, ReinforcePolicy]:
@@ -241,14 +335,15 @@ class ESAPNController(InTrainingController):
 
         Per side: the ring buffers of remembered losses, the running counts, the side's ids of
         the previous batch, the chunk's statistics, the policy network; then the previous
-        negatives and the previous batch's size; then each policy's optimiser variables.
+        batch's other fields (a BPR triple's negative item, a rating) and its size; then
+        each policy's optimiser variables.
         """
         self._require_attached()
-        negative, size = self._previous()
+        _, fields, size = self._previous()
         out: list[Any] = []
         for side in self.sides:
             out += side.variables()
-        out += [negative, size]
+        out += [*fields.values(), size]
         for side in self.sides:
             out += _optimizer_variables(side.policy.optimizer)
         return out
@@ -309,23 +404,25 @@ class ESAPNController(InTrainingController):
     def before_batch(self, batch: Any, step: tf.Tensor) -> None:
         """In graph: the policy step on the previous batch, then growth on this one."""
         self._require_attached()
-        users, pos, _ = _unpack_batch(batch)
+        layout, _, _ = self._previous()
+        fields = layout.read(batch)
+        users, items = (fields[name] for name in layout.credited)
         self._check_batch(users)
         self._policy_step(tf.cast(step, tf.int64))
-        self._grow(users, pos)
+        self._grow(users, items)
 
     def _check_batch(self, users: tf.Tensor) -> None:
         n = users.shape[0]
         if n is not None and n > self.config.batch_size:
             raise ValueError(
-                f"ESAPNController got a batch of {n} triples; it keeps at most "
+                f"ESAPNController got a batch of {n} samples; it keeps at most "
                 f"ESAPNConfig.batch_size={self.config.batch_size}. Raise `batch_size` to the "
                 "training batch size."
             )
 
     def _policy_step(self, step: tf.Tensor) -> None:
         """REINFORCE on the previous batch (kept in variables), with rows raised for a moment."""
-        negative, size = self._previous()
+        layout, fields, size = self._previous()
         capacity = int(self.config.batch_size)
         valid = tf.range(capacity) < tf.convert_to_tensor(size)
         ids, states, actions, used = [], [], [], []
@@ -345,8 +442,12 @@ class ESAPNController(InTrainingController):
         for side, x, a, old in zip(self.sides, ids, actions, saved, strict=True):
             flags = tf.maximum(tf.math.unsorted_segment_max(a, x, side.rows), 0)
             side.layer.rungs_variable.assign(old + flags)
-        raised = self.model.sample_losses((ids[0], ids[1], negative.read_value()), training=False)
-        raised = tf.stop_gradient(raised)
+        previous = {name: variable.read_value() for name, variable in fields.items()}
+        previous.update(zip(layout.credited, ids, strict=True))
+        raised = self.model.sample_losses(
+            {name: previous[name] for name in layout.names}, training=False
+        )
+        raised = tf.stop_gradient(tf.cast(raised, tf.float32))
         with tf.control_dependencies([raised]):
             for side, old in zip(self.sides, saved, strict=True):
                 side.layer.rungs_variable.assign(old)
@@ -355,14 +456,16 @@ class ESAPNController(InTrainingController):
             self.sides, ids, states, actions, used, strict=True
         ):
             baseline = remembered_mean(tf.gather(tf.convert_to_tensor(side.memory), x), counts, t)
-            info = side.policy.tf_update(counts, rungs, a, baseline - raised, mask)
+            # padding slots hold arbitrary samples: their rewards never reach the update
+            reward = tf.where(valid, baseline - raised, 0.0)
+            info = side.policy.tf_update(counts, rungs, a, reward, mask)
             side.policy_loss.assign_add(info.loss)
             side.updates.assign_add(tf.cast(info.samples > 0, tf.int64))
 
-    def _grow(self, users: tf.Tensor, pos: tf.Tensor) -> None:
+    def _grow(self, users: tf.Tensor, items: tf.Tensor) -> None:
         """Grows the rows of this batch whose greedy action is grow (within the cap)."""
         asks = []
-        for side, x in zip(self.sides, (users, pos), strict=True):
+        for side, x in zip(self.sides, (users, items), strict=True):
             counts, rungs = side.state(x)
             p = side.policy.tf_probabilities(counts, rungs)
             occ = occurrences(x)
@@ -386,7 +489,7 @@ class ESAPNController(InTrainingController):
             increments.append(tf.where(request, up - tf.gather(side.sizes, rungs), 0))
             requests.append(request)
         room = tf.constant(self.limit, tf.int64) - tf.add_n([side.usable() for side in self.sides])
-        # interleaved: the user of triple 0, its item, the user of triple 1, ...
+        # interleaved: the user of sample 0, its item, the user of sample 1, ...
         total = tf.cumsum(tf.reshape(tf.stack(increments, axis=1), [-1]))
         fits = tf.reshape(total <= room, [-1, len(self.sides)])
         masks = []
@@ -398,27 +501,30 @@ class ESAPNController(InTrainingController):
         return masks
 
     def after_batch(self, batch: Any, loss: tf.Tensor, step: tf.Tensor) -> None:
-        """In graph: remembers each triple's loss for its user and item; keeps the batch."""
+        """In graph: remembers each sample's loss for its user and item; keeps the batch."""
         del loss, step
         self._require_attached()
-        negative, size = self._previous()
-        users, pos, neg = _unpack_batch(batch)
-        losses = tf.stop_gradient(self.model.sample_losses((users, pos, neg), training=False))
+        layout, fields, size = self._previous()
+        current = layout.read(batch)
+        users, items = (current[name] for name in layout.credited)
+        losses = self.model.sample_losses(current, training=False)
+        losses = tf.stop_gradient(tf.cast(losses, tf.float32))
         n = tf.shape(users)[0]
         capacity = int(self.config.batch_size)
         tf.debugging.assert_less_equal(
             n,
             capacity,
-            message=f"ESAPNController keeps at most ESAPNConfig.batch_size={capacity} triples",
+            message=f"ESAPNController keeps at most ESAPNConfig.batch_size={capacity} samples",
         )
         padding = [[0, capacity - n]]
-        for side, x in zip(self.sides, (users, pos), strict=True):
+        for side, x in zip(self.sides, (users, items), strict=True):
             counts = tf.gather(tf.convert_to_tensor(side.counts), x)
             index, kept = ring_writes(x, counts, int(self.config.memory), side.rows)
             side.memory.scatter_nd_update(index, tf.where(kept, losses, 0.0))
             side.counts.scatter_nd_add(x[:, None], tf.ones_like(x))
             side.previous.assign(tf.pad(x, padding))
-        negative.assign(tf.pad(neg, padding))
+        for name, variable in fields.items():
+            variable.assign(tf.pad(current[name], padding))
         size.assign(n)
         return None
 
