@@ -214,7 +214,7 @@ class TrainCheckpoint:
             return False
         return True
 
-    def _remove_leftovers(self) -> None:
+    def _remove_leftovers(self, after_save: bool = False) -> None:
         """Deletes temporary files and folders of dead saves and superseded folders.
 
         A ``step-*`` folder is removed only when it is older than the committed one; a
@@ -243,7 +243,10 @@ class TrainCheckpoint:
             else:
                 continue
             if stale:
-                logger.info("Removing the superseded checkpoint leftover %s.", entry)
+                # After a save, the folder it supersedes goes as a matter of course; on a read,
+                # a leftover is the trace of an interrupted run, worth a line in the log.
+                log = logger.debug if after_save else logger.info
+                log("Removing the superseded checkpoint leftover %s.", entry)
                 shutil.rmtree(entry, ignore_errors=True)
 
     # -- identity --------------------------------------------------------------------------
@@ -448,7 +451,7 @@ class TrainCheckpoint:
                 raise _io.write_error(final, e) from e
             _io.write_bytes(self.directory / "LATEST", final.name.encode())  # the commit point
             self._resolved = final
-            self._remove_leftovers()
+            self._remove_leftovers(after_save=True)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
