@@ -32,14 +32,29 @@ def weighted_moments(
     if weights is None:
         weights = tf.ones(tf.shape(x)[:1], x.dtype)
     w = tf.cast(weights, x.dtype)
-    count = tf.reduce_sum(w)
     used = w[:, None] > 0  # rows left out never reach a sum, even when not finite
-    mean = tf.math.divide_no_nan(
-        tf.reduce_sum(tf.where(used, w[:, None] * x, tf.zeros_like(x)), axis=0), count
+    count, total = _across_replicas(
+        tf.reduce_sum(w), tf.reduce_sum(tf.where(used, w[:, None] * x, tf.zeros_like(x)), axis=0)
     )
+    mean = tf.math.divide_no_nan(total, count)
     centred = tf.where(used, x - mean, tf.zeros_like(x))
-    variance = tf.math.divide_no_nan(tf.reduce_sum(w[:, None] * tf.square(centred), axis=0), count)
+    (squares,) = _across_replicas(tf.reduce_sum(w[:, None] * tf.square(centred), axis=0))
+    variance = tf.math.divide_no_nan(squares, count)
     return mean, variance, count
+
+
+def _across_replicas(*sums: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    """``sums`` added over the replicas of a tf.distribute strategy (as they are without one).
+
+    Inside ``strategy.run`` with several replicas, each replica holds a slice of the batch:
+    summing the moments' parts over replicas gives every replica the statistics of the whole
+    batch, so a distributed run normalises as a single-device run does. The all-reduce is
+    differentiable.
+    """
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or not tf.distribute.has_strategy() or ctx.num_replicas_in_sync == 1:
+        return sums
+    return tuple(ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(sums)))
 
 
 def _static_bool(flag: Any) -> bool | None:

@@ -15,6 +15,7 @@ from tfembsize.layers.utils import (
     EmbeddingOutputsMixin,
     check_ids_in_range,
     embedding_base_kwargs,
+    gather_rows,
     set_embedding_arguments,
     validate_dim,
 )
@@ -407,15 +408,15 @@ class LadderEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
         Returns:
             A ``[len(ids), output_dim]`` tensor.
         """
-        rung = tf.gather(tf.convert_to_tensor(self._rungs), ids)
-        z = tf.gather(tf.convert_to_tensor(self.tables[0]), ids)
+        rung = gather_rows(self._rungs, ids)
+        z = gather_rows(self.tables[0], ids)
         # After step k, z holds the lift to width d_k of every id on a rung <= k (ids on
         # higher rungs hold values that a later step replaces): one matmul per map for all
         # ids, and tf.where sends no gradient to the branch it drops.
         for k in range(1, len(self.ladder)):
             kernel = tf.convert_to_tensor(self.map_kernels[k - 1])
             bias = tf.convert_to_tensor(self.map_biases[k - 1])
-            own = tf.gather(tf.convert_to_tensor(self.tables[k]), ids)
+            own = gather_rows(self.tables[k], ids)
             z = tf.where(tf.equal(rung, k)[:, None], own, tf.matmul(z, kernel) + bias)
         return z
 

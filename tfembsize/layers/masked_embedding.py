@@ -13,6 +13,7 @@ from tfembsize.layers.utils import (
     EmbeddingOutputsMixin,
     check_ids_in_range,
     embedding_base_kwargs,
+    gather_rows,
     set_embedding_arguments,
     validate_dim,
 )
@@ -230,9 +231,8 @@ class MaskedEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
         if ids.dtype not in (tf.int32, tf.int64):
             ids = tf.cast(ids, tf.int32)
         ids = check_ids_in_range(ids, self.input_dim, self.name)
-        table = tf.convert_to_tensor(self.embeddings)
-        rows = tf.gather(table, ids)
-        sizes = tf.gather(self._sizes, ids)
+        rows = gather_rows(self.embeddings, ids)
+        sizes = gather_rows(self._sizes, ids)
         # Row d of `prefixes` is the mask of size d. Gathering it writes the [..., output_dim]
         # mask in one pass (tf.sequence_mask takes two: compare, then cast). `prefixes` depends
         # on nothing, so Grappler folds it into a constant; the saved graph stays small.

@@ -32,6 +32,7 @@ from tfembsize.layers.utils import (
     EmbeddingOutputsMixin,
     check_ids_in_range,
     embedding_base_kwargs,
+    gather_rows,
     iter_layers,
     set_embedding_arguments,
     validate_dim,
@@ -289,11 +290,12 @@ class PEPEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
         if ids.dtype not in (tf.int32, tf.int64):
             ids = tf.cast(ids, tf.int32)
         ids = check_ids_in_range(ids, self.input_dim, self.name)
-        rows = tf.gather(tf.convert_to_tensor(self.embeddings), ids)
-        s = tf.convert_to_tensor(self.threshold)
+        rows = gather_rows(self.embeddings, ids)
         if self.granularity in ("feature", "feature_dimension"):
-            s = tf.gather(s, ids)
-        keep = tf.gather(tf.convert_to_tensor(self._mask), ids)
+            s = gather_rows(self.threshold, ids)
+        else:
+            s = tf.convert_to_tensor(self.threshold)
+        keep = gather_rows(self._mask, ids)
         return tf.cast(self._effective(rows, s, keep), self.compute_dtype)
 
     # Whole-table views -------------------------------------------------------------------------

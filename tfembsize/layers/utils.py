@@ -21,6 +21,8 @@ __all__ = [
     "validate_dim",
     "iter_layers",
     "EmbeddingOutputsMixin",
+    "gather_rows",
+    "is_sharded",
 ]
 
 
@@ -125,6 +127,32 @@ def check_ids_in_range(ids: tf.Tensor, input_dim: int, layer_name: str) -> tf.Te
     )
     with tf.control_dependencies([assert_op]):
         return tf.identity(ids)
+
+
+def _tf_variable(v: Any) -> Any:
+    """The ``tf.Variable`` (or ``ShardedVariable``) behind a Keras 3 variable."""
+    inner = getattr(v, "_value", None)
+    return v if inner is None or isinstance(v, tf.Variable) else inner
+
+
+def is_sharded(variable: Any) -> bool:
+    """True for a variable split into shards by a ``ParameterServerStrategy`` partitioner."""
+    return isinstance(_tf_variable(variable), tf.__internal__.distribute.ShardedVariable)
+
+
+def gather_rows(variable: Any, ids: tf.Tensor) -> tf.Tensor:
+    """Rows ``ids`` of a table variable, sharded or not.
+
+    A ``ShardedVariable`` (a table split over parameter servers by
+    ``tf.distribute.experimental.ParameterServerStrategy``'s ``variable_partitioner``) is read
+    with ``tf.nn.embedding_lookup``, which fetches each row from the shard that holds it
+    instead of concatenating the whole table first; any other variable with ``tf.gather``.
+    Ids are global row numbers either way.
+    """
+    inner = _tf_variable(variable)
+    if isinstance(inner, tf.__internal__.distribute.ShardedVariable):
+        return tf.nn.embedding_lookup(inner, ids)
+    return tf.gather(tf.convert_to_tensor(variable), ids)
 
 
 class EmbeddingOutputsMixin:

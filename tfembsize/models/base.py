@@ -187,6 +187,14 @@ def _check_l2(name: str, value: Any) -> float:
     return float(value)
 
 
+def _replicas_in_sync() -> float:
+    """Replicas a gradient is summed over: 1 outside a replica context of a strategy."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or not tf.distribute.has_strategy():
+        return 1.0
+    return float(ctx.num_replicas_in_sync)
+
+
 def _squared_norms(*tensors: tf.Tensor) -> tf.Tensor:
     return tf.add_n([tf.reduce_sum(tf.square(t)) for t in tensors])
 
@@ -333,8 +341,12 @@ class BPRModel(keras.Model):
         with tf.control_dependencies(assertions):
             with tf.GradientTape() as tape:
                 losses = self.compute_bpr_loss(data, training=True)
+                # Under a tf.distribute strategy each replica holds 1/R of the batch and the
+                # optimiser sums the replicas' gradients: scale so the sum is the gradient of
+                # the global batch mean.
+                objective = losses.loss / _replicas_in_sync()
         variables = self.trainable_variables
-        grads = tape.gradient(losses.loss, variables)
+        grads = tape.gradient(objective, variables)
         pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
         self.optimizer.apply_gradients(pairs)
         return losses
