@@ -49,6 +49,7 @@ library's BPR backbones, on top of `tfembsize.models.train_bpr` and
 from __future__ import annotations
 
 import logging
+import contextlib
 import os
 import shutil
 import time
@@ -273,6 +274,9 @@ class KerasEnvironment:
             When a directory is known and ``train_fn`` takes ``checkpoint_dir`` (as
             `train_bpr` does), the pretraining checkpoints in ``<directory>/pretraining``
             after every validation chunk and a killed process resumes it there.
+        strategy: a ``tf.distribute`` strategy (e.g. ``MirroredStrategy``): the builder runs
+            and every training runs inside its ``scope()`` (a model instance must have been
+            built there). None: no strategy. See docs/distribute.md.
 
     Example:
         >>> env = KerasEnvironment(lambda: MF(...), split, RankingEvaluator(split),
@@ -296,7 +300,9 @@ class KerasEnvironment:
         train_fn: Callable[..., Any] | None = None,
         seed: int = 0,
         reference_directory: str | os.PathLike[str] | None = None,
+        strategy: Any = None,
     ) -> None:
+        self.strategy = strategy
         if callable(model) and not hasattr(model, "weights"):
             self._builder: Callable[[], Any] | None = model
             self._model = None
@@ -349,7 +355,8 @@ class KerasEnvironment:
         self._tables_arg = dict(tables) if tables is not None else None
         if self._model is None and self._builder is not None:  # built from a builder
             self._seed_everything(self.seed)
-            self._model = self._builder()
+            with self._scope():
+                self._model = self._builder()
         self._prepare_model(self._model)
         if self._builder is None:
             self._initial = get_weights(self._model)
@@ -418,7 +425,8 @@ class KerasEnvironment:
 
     def _fresh_model(self) -> None:
         if self._builder is not None:
-            model = self._builder()
+            with self._scope():
+                model = self._builder()
             self._prepare_model(model)
             layers = set(find_searchable_layers(model))
             if layers != set(self.tables):
@@ -598,17 +606,22 @@ class KerasEnvironment:
         seed: int | None = None,
         checkpoint_dir: str | None = None,
     ) -> Outcome:
-        return train_plan(
-            self._model,
-            self.split,
-            self.evaluator,
-            config,
-            train_fn=self.train_fn,
-            train_steps=train_steps,
-            train_epochs=train_epochs,
-            seed=seed,
-            checkpoint_dir=checkpoint_dir,
-        )
+        with self._scope():
+            return train_plan(
+                self._model,
+                self.split,
+                self.evaluator,
+                config,
+                train_fn=self.train_fn,
+                train_steps=train_steps,
+                train_epochs=train_epochs,
+                seed=seed,
+                checkpoint_dir=checkpoint_dir,
+            )
+
+    def _scope(self) -> Any:
+        """The strategy's scope (a no-op context without a strategy)."""
+        return contextlib.nullcontext() if self.strategy is None else self.strategy.scope()
 
     # Persistence ---------------------------------------------------------------------------
     def attach(self, directory: str) -> None:

@@ -23,6 +23,12 @@ import tensorflow as tf
 from tfembsize._keras import keras
 from tfembsize.training.checkpoint import TrainCheckpoint
 from tfembsize.training.config import TrainConfig, default_config, monitor_value
+from tfembsize.training.distributed import (
+    active_strategy,
+    check_strategy,
+    distribute_dataset,
+    distributed_chunk_runner,
+)
 from tfembsize.training.hooks import TrainingHook
 from tfembsize.training.outcome import EvalRecord, NonFiniteLossError, TrainResult
 
@@ -211,6 +217,9 @@ def _optimizer_and_runner(
     process: a search fine-tuning the same model hundreds of times (BET) grew by about 6 MB
     per call (MF, ML-1M) and spent seconds per call compiling.
     """
+    strategy = active_strategy()
+    if strategy is not None:  # a model built in strategy.scope(): strategy.run per step
+        return _prepare(model, config, optimizer), distributed_chunk_runner(model, strategy)
     if optimizer is not None or hook is not None or not config.jit_compile:
         opt = _prepare(model, config, optimizer)
         return opt, _chunk_runner(model, config.jit_compile, hook)
@@ -252,10 +261,15 @@ def _dataset(
     batches: Callable[[Any, int], Any] | None = None,
 ) -> Any:
     if batches is not None:
-        return batches(interactions, start_step)
-    from tfembsize.data import bpr_dataset
+        dataset = batches(interactions, start_step)
+    else:
+        from tfembsize.data import bpr_dataset
 
-    return bpr_dataset(interactions, config.batch_size, seed=config.seed, start_step=start_step)
+        dataset = bpr_dataset(
+            interactions, config.batch_size, seed=config.seed, start_step=start_step
+        )
+    strategy = active_strategy()
+    return dataset if strategy is None else distribute_dataset(strategy, dataset)
 
 
 def _train_validation(split: Any) -> Any:
@@ -292,6 +306,10 @@ def train_bpr(
     3. Parity mode (``refit=True``): restores the initial weights, rebuilds a graph model's
        graph from train ∪ validation, and trains ``S*`` steps on train ∪ validation.
     4. Evaluates on test once (``evaluate_test``). Test results never influence training.
+
+    Called inside ``strategy.scope()`` with a model built there (``MirroredStrategy`` and
+    other in-process strategies), every step runs on all replicas with ``strategy.run`` on a
+    split of the global batch (`tfembsize.training.distributed`; no XLA, no hook).
 
     Without an ``evaluator`` there is no validation: training runs ``max_steps`` (or until
     ``hook.done``) in chunks of ``eval_every`` steps, the last weights are kept and
@@ -363,6 +381,8 @@ def train_bpr(
         raise ValueError(
             "`refit=True` needs an evaluator (it refits for the best validation step) and no hook."
         )
+    if active_strategy() is not None:
+        check_strategy(active_strategy(), hook, config.refit)
     t0 = time.perf_counter()
     if callable(getattr(model, "set_graph", None)):
         model.set_graph(split.train)
