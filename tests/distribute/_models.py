@@ -43,11 +43,10 @@ def make(kind: str) -> MF:
         glorot = keras.initializers.GlorotUniform
         u = LadderEmbedding(NU, (2, 4, 8), name="u", kernel_initializer=glorot(3), **kw(1))
         i = LadderEmbedding(NI, (2, 4, 8), name="i", kernel_initializer=glorot(4), **kw(2))
-        u.build(None)
-        i.build(None)
+    model = MF(u, i, l2=1e-3)
+    if kind == "ladder":
         u.assign_rungs(np.arange(NU) % 3)
         i.assign_rungs(np.arange(NI) % 3)
-    model = MF(u, i, l2=1e-3)
     # Adam rescales a gradient that is zero up to rounding (the ladder's map biases before
     # the normalisation) into a full step, so the ladder is compared under SGD.
     opt = keras.optimizers.SGD(0.5) if kind == "ladder" else keras.optimizers.Adam(0.05)

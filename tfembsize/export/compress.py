@@ -24,6 +24,7 @@ After the rebuild, the new model is checked: no searchable layer may remain anyw
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -303,9 +304,36 @@ def _contains_searchable(obj: Any) -> bool:
     return is_searchable(obj) or any(is_searchable(layer) for layer in iter_layers(obj))
 
 
+_SHARD = re.compile(r"^(.*)/part_(\d+)(:\d+)?$")
+
+
+def _logical_weights(src: Any) -> list[np.ndarray]:
+    """``src.get_weights()`` with the shards of a partitioned variable joined into one array.
+
+    Under ``ParameterServerStrategy`` with a ``variable_partitioner``, tf-keras lists each
+    shard (``<name>/part_<k>``, in row order) as a weight of its own; the rebuilt model has
+    one unsharded variable per weight.
+    """
+    weights = src.get_weights()
+    names = [str(getattr(v, "name", "")) for v in src.weights]
+    if len(names) != len(weights) or not any(_SHARD.match(n) for n in names):
+        return list(weights)
+    out: list[np.ndarray] = []
+    base_of_last = None
+    for name, value in zip(names, weights, strict=True):
+        match = _SHARD.match(name)
+        base = match.group(1) if match else None
+        if base is not None and base == base_of_last and int(match.group(2)) > 0:
+            out[-1] = np.concatenate([out[-1], value])
+        else:
+            out.append(value)
+        base_of_last = base
+    return out
+
+
 def _copy_weights(src: Any, dst: Any) -> None:
     try:
-        weights = src.get_weights()
+        weights = _logical_weights(src)
     except ValueError as err:  # tf-keras: a model that was never built
         raise CompressionError(
             f"Cannot copy the weights of {type(src).__name__} '{src.name}' ({err}). Call "
