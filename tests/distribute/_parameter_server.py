@@ -41,6 +41,7 @@ partitioners = tf.distribute.experimental.partitioners
 PARTITIONERS = {
     "fixed": partitioners.FixedShardsPartitioner(2),
     "min_size": partitioners.MinSizePartitioner(min_shard_bytes=256, max_shards=2),
+    "none": None,
 }
 
 
@@ -119,9 +120,10 @@ def export(model, kind: str) -> dict:
     return out
 
 
-def main() -> dict:
+def main(names: list[str]) -> dict:
     report: dict = {"legacy": is_legacy_keras()}
-    for pname, partitioner in PARTITIONERS.items():
+    for pname in names:
+        partitioner = PARTITIONERS[pname]
         strategy = tf.distribute.experimental.ParameterServerStrategy(
             RESOLVER, variable_partitioner=partitioner
         )
@@ -142,6 +144,6 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    print("RESULT " + json.dumps(main()), flush=True)
+    print("RESULT " + json.dumps(main(sys.argv[1:] or list(PARTITIONERS))), flush=True)
     sys.stdout.flush()
     os._exit(0)  # the servers' threads do not stop on their own
