@@ -46,11 +46,13 @@ from tfembsize.layers._packing import (
     pack_uint,
     unpack_uint,
 )
+from tfembsize.layers.utils import gather_rows
 
 __all__ = [
     "KINDS",
     "POSITIONS",
     "PackedTable",
+    "TableRows",
     "merge_classes",
     "pack_layer",
     "pack_table",
@@ -240,6 +242,30 @@ def merge_classes(
     return out
 
 
+_CHUNK_ROWS = 65536
+
+
+class TableRows:
+    """A table variable read in chunks of rows (plain, Keras 3 or sharded across servers).
+
+    `pack_table` takes one in place of an array for prefix sizes, so that packing a large
+    table never holds a second dense copy of it: each chunk of a size class is gathered,
+    cut to the class width and written into the packed values.
+
+    Args:
+        variable: a 2-D table variable.
+    """
+
+    def __init__(self, variable: Any) -> None:
+        self.variable = variable
+        self.shape = tuple(int(x) for x in variable.shape)
+        self.dtype = np.dtype(tf.as_dtype(variable.dtype).as_numpy_dtype)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """The rows ``ids`` as a ``[len(ids), width]`` numpy array."""
+        return np.asarray(gather_rows(self.variable, tf.constant(ids, tf.int64)).numpy())
+
+
 def pack_table(
     table: Any,
     *,
@@ -257,7 +283,8 @@ def pack_table(
     happens to be a prefix mask is stored as ``"prefix"`` (no positions needed).
 
     Args:
-        table: ``[rows, width]`` float array (values outside the kept set are ignored).
+        table: ``[rows, width]`` float array (values outside the kept set are ignored), or
+            a `TableRows` reading a table variable in chunks (prefix ``sizes`` only).
         sizes: per-row prefix sizes in ``[0, width]``.
         mask: boolean kept-coordinate mask.
         usable_params: parameters the source layer may use (default: kept coordinates).
@@ -276,8 +303,13 @@ def pack_table(
     Raises:
         ValueError: bad shapes or sizes, or both / neither of ``sizes`` and ``mask``.
     """
-    table = np.asarray(table)
-    if table.ndim != 2 or not np.issubdtype(table.dtype, np.floating):
+    reader = table if isinstance(table, TableRows) else None
+    if reader is not None and mask is not None:
+        table = reader.rows(np.arange(reader.shape[0]))  # a mask is dense anyway
+        reader = None
+    if reader is None:
+        table = np.asarray(table)
+    if len(table.shape) != 2 or not np.issubdtype(table.dtype, np.floating):
         raise ValueError(
             f"`table` must be a 2-D float array. Received shape {table.shape}, dtype {table.dtype}."
         )
@@ -364,9 +396,13 @@ def pack_table(
         rows = slot_to_row[s0 : s0 + c]
         s0 += c
         if kind == "prefix":
+            # In chunks of rows: no [rows, width] temporary (mask or copy) of a whole class.
             block = np.zeros((c, w), dtype=table.dtype)
-            keep = np.arange(w)[None, :] < row_w[rows][:, None]
-            block[keep] = table[rows, :w][keep]
+            for a in range(0, c, _CHUNK_ROWS):
+                part = rows[a : a + _CHUNK_ROWS]
+                got = reader.rows(part)[:, :w] if reader is not None else table[part, :w]
+                keep = np.arange(w)[None, :] < row_w[part][:, None]
+                block[a : a + part.size] = np.where(keep, got, 0)
             values_parts.append(block.ravel())
             continue
         m = mask[rows]
@@ -434,7 +470,14 @@ def pack_layer(
             positions=positions,
         )
     if hasattr(layer, "sizes") and callable(getattr(layer, "masked_table", None)):
-        table = np.asarray(tf.convert_to_tensor(layer.masked_table()).numpy())
+        source = getattr(layer, "embeddings", None)
+        # Rows are read from the table variable in chunks (coordinates past a row's size
+        # are dropped while packing); `masked_table()` would build a dense mask and copy.
+        table = (
+            TableRows(source)
+            if source is not None and len(source.shape) == 2
+            else np.asarray(tf.convert_to_tensor(layer.masked_table()).numpy())
+        )
         return pack_table(
             table,
             sizes=np.asarray(layer.sizes),
