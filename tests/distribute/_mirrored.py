@@ -41,7 +41,7 @@ def layers() -> dict:
 
         @tf.function
         def step(it, model=model):
-            per_replica = STRATEGY.run(lambda b: model.train_batch(b).loss, args=(next(it),))
+            per_replica = STRATEGY.run(lambda x: model.train_batch(x).loss, args=(next(it),))
             return STRATEGY.reduce("MEAN", per_replica, axis=None)
 
         losses = [float(step(it)) for _ in data]

@@ -73,7 +73,9 @@ def train(strategy, kind: str) -> dict:
     init, single, _ = train_single(kind)
     with strategy.scope():
         model = make(kind)
-    shards = {name: len(g) for name, g in zip(("table", "per_row"), _groups(model)[:2], strict=True)}
+    shards = {
+        name: len(g) for name, g in zip(("table", "per_row"), _groups(model)[:2], strict=True)
+    }
     # A partitioned initializer draws each shard on its own: start from the same values.
     _assign(model, init)
     coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)

@@ -323,7 +323,7 @@ def _logical_weights(src: Any) -> list[np.ndarray]:
     for name, value in zip(names, weights, strict=True):
         match = _SHARD.match(name)
         base = match.group(1) if match else None
-        if base is not None and base == base_of_last and int(match.group(2)) > 0:
+        if match is not None and base == base_of_last and int(match.group(2)) > 0:
             out[-1] = np.concatenate([out[-1], value])
         else:
             out.append(value)

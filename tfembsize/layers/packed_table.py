@@ -473,13 +473,13 @@ def pack_layer(
         source = getattr(layer, "embeddings", None)
         # Rows are read from the table variable in chunks (coordinates past a row's size
         # are dropped while packing); `masked_table()` would build a dense mask and copy.
-        table = (
+        rows: TableRows | np.ndarray = (
             TableRows(source)
             if source is not None and len(source.shape) == 2
             else np.asarray(tf.convert_to_tensor(layer.masked_table()).numpy())
         )
         return pack_table(
-            table,
+            rows,
             sizes=np.asarray(layer.sizes),
             usable_params=usable,
             max_classes=max_classes,

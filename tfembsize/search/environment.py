@@ -48,8 +48,8 @@ library's BPR backbones, on top of `tfembsize.models.train_bpr` and
 
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
 import os
 import shutil
 import time
