@@ -40,17 +40,12 @@ def _run(script: str, *args: str) -> dict:
     return json.loads(lines[-1][len("RESULT ") :])
 
 
-# Fast: the layers and train_bpr under MirroredStrategy, the layers and the export under
-# ParameterServerStrategy with FixedShardsPartitioner. Slow: the searches, and the other
-# partitioners (one subprocess each).
+# Fast: the layers, train_bpr and two small searches under MirroredStrategy (one
+# subprocess), the layers and the export under ParameterServerStrategy with
+# FixedShardsPartitioner (one subprocess). Slow: the other partitioners.
 @pytest.fixture(scope="module")
 def mirrored() -> dict:
-    return _run("_mirrored.py", "layers", "train_loop")
-
-
-@pytest.fixture(scope="module")
-def mirrored_search() -> dict:
-    return _run("_mirrored.py", "search")
+    return _run("_mirrored.py", "layers", "train_loop", "search")
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +73,9 @@ def test_train_bpr_under_mirrored_strategy_equals_one_device(mirrored):
     assert res["loss"] < 1e-5
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("controller", ["bet", "ciess"])
-def test_search_runs_under_mirrored_strategy_within_budget(mirrored_search, controller):
-    res = mirrored_search["search"][controller]
+def test_search_runs_under_mirrored_strategy_within_budget(mirrored, controller):
+    res = mirrored["search"][controller]
     assert res["variable"] == "MirroredVariable"
     assert res["steps"] >= 2 and all(res["ok"]) and res["finite"]
     assert res["plan_params"] is not None and res["plan_params"] <= res["budget"]
