@@ -370,9 +370,10 @@ def pack_table(
         stored = merge_classes(distinct, counts, int(max_classes), row_bytes)
     else:
         stored = distinct.copy()
-    class_of_width = dict(zip(distinct.tolist(), stored.tolist(), strict=True))
+    # Vectorised (no Python object per row): distinct is sorted, so searchsorted finds each
+    # row's width in it.
     row_class_w = (
-        np.array([class_of_width[w] for w in row_w.tolist()], dtype=np.int64)
+        np.asarray(stored, dtype=np.int64)[np.searchsorted(distinct, row_w)]
         if n
         else np.zeros(0, np.int64)
     )
