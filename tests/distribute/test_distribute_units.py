@@ -116,3 +116,18 @@ def test_train_bpr_inside_a_one_device_strategy_equals_the_plain_loop():
     assert abs(out[0][1] - out[1][1]) < 1e-6
     for a, b in zip(out[0][0], out[1][0], strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_keras_environment_names_a_bad_strategy():
+    from tfembsize.data import synthetic
+    from tfembsize.models import MF
+    from tfembsize.search import KerasEnvironment
+
+    split = synthetic(30, 40, 500, seed=0).split(0.5, 0.25, 0.25, seed=1)
+    with pytest.raises(TypeError, match="`strategy` must be a tf.distribute.Strategy.*'mirrored'"):
+        KerasEnvironment(
+            lambda: MF.create(split.num_users, split.num_items, 4),
+            split,
+            reference=False,
+            strategy="mirrored",
+        )

@@ -302,6 +302,8 @@ class KerasEnvironment:
         reference_directory: str | os.PathLike[str] | None = None,
         strategy: Any = None,
     ) -> None:
+        if strategy is not None and not callable(getattr(strategy, "scope", None)):
+            raise TypeError(f"`strategy` must be a tf.distribute.Strategy. Received: {strategy!r}")
         self.strategy = strategy
         if callable(model) and not hasattr(model, "weights"):
             self._builder: Callable[[], Any] | None = model
