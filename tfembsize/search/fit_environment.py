@@ -19,21 +19,20 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfembsize import _io
 from tfembsize._keras import keras
 from tfembsize.layers.utils import find_searchable_layers, iter_layers
 from tfembsize.plan import SizePlan
 from tfembsize.records import MODES, Feedback, Observation
+from tfembsize.search._reference import ReferenceStore
 from tfembsize.search.entities import checked_frequencies, side_rows
 from tfembsize.search.environment import _build_searchable, _usable_params, infer_tables
 from tfembsize.search.evaluation import feedback_from_evaluation
-from tfembsize.training.weights import assign_weights, get_weights, load_weights, save_weights
+from tfembsize.training.weights import assign_weights, get_weights
 
 __all__ = ["FitEnvironment"]
 
 logger = logging.getLogger(__name__)
 
-_STATE_FORMAT = "tfembsize.FitEnvironment"
 _RESERVED_FIT_KEYS = ("x", "y", "validation_split", "sample_weight")
 
 
@@ -69,7 +68,7 @@ def _checked_fit_kwargs(name: str, value: Mapping[str, Any] | None) -> dict[str,
     return dict(value)
 
 
-class FitEnvironment:
+class FitEnvironment(ReferenceStore):
     """A search environment that trains a model of your own with its own ``fit``.
 
     ``build_model()`` returns a fresh, compiled Keras model (your optimizer, your loss, your
@@ -154,6 +153,8 @@ class FitEnvironment:
         >>> result = tfembsize.search.run(BETController(0.9, monitor="quality"), env,
         ...                               "runs/bet")  # doctest: +SKIP
     """
+
+    _STATE_FORMAT = "tfembsize.FitEnvironment"
 
     def __init__(
         self,
@@ -538,70 +539,6 @@ class FitEnvironment:
             reference=reference,
             **fields,
         )
-
-    # Persistence ---------------------------------------------------------------------------
-    def attach(self, directory: str) -> None:
-        """Stores the reference model in ``directory`` (and reloads one found there)."""
-        os.makedirs(directory, exist_ok=True)
-        self._directory = directory
-        if self._reference is None and self._want_reference:
-            for d in self._reference_directories():
-                if self._load_reference(d):
-                    break
-        if self._reference_weights is not None:
-            for d in self._reference_directories():
-                self._save_reference(d)
-
-    def _reference_directories(self) -> list[str]:
-        return [d for d in (self._reference_dir, self._directory) if d is not None]
-
-    def _save_reference(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
-        if os.path.exists(os.path.join(directory, "reference.npz")):
-            return  # written once; the reference never changes
-        if self._reference_weights is None or self._reference is None:
-            raise RuntimeError("FitEnvironment: there is no trained reference to store.")
-        save_weights(os.path.join(directory, "reference_weights.npz"), self._reference_weights)
-        self._reference.save(os.path.join(directory, "reference.npz"))
-
-    def _load_reference(self, directory: str) -> bool:
-        fb_path = os.path.join(directory, "reference.npz")
-        w_path = os.path.join(directory, "reference_weights.npz")
-        if not (os.path.exists(fb_path) and os.path.exists(w_path)):
-            return False
-        weights = load_weights(w_path)
-        assign_weights(self._model, weights, source=f"The reference weights in {w_path}")
-        self._reference_weights = weights
-        if self._snapshot is None:
-            self._snapshot = weights
-        self._reference = Feedback.load(fb_path)
-        logger.info("Loaded the reference model from %s.", directory)
-        return True
-
-    def save_state(self, directory: str) -> None:
-        """Writes the step counter, the current weights and a snapshot of one's own."""
-        os.makedirs(directory, exist_ok=True)
-        save_weights(os.path.join(directory, "weights.npz"), get_weights(self._model))
-        own_snapshot = self._snapshot is not None and self._snapshot is not self._reference_weights
-        if own_snapshot and self._snapshot is not None:
-            save_weights(os.path.join(directory, "snapshot.npz"), self._snapshot)
-        _io.write_json(
-            os.path.join(directory, "state.json"),
-            {"steps_done": self._steps_done, "seed": self.seed, "snapshot": own_snapshot},
-            format=_STATE_FORMAT,
-        )
-
-    def load_state(self, directory: str) -> None:
-        """Reads a state written by `save_state`."""
-        state = _io.read_json(
-            os.path.join(directory, "state.json"), format=_STATE_FORMAT, what="environment state"
-        )
-        self._steps_done = int(state["steps_done"])
-        if state.get("snapshot"):
-            self._snapshot = load_weights(os.path.join(directory, "snapshot.npz"))
-        path = os.path.join(directory, "weights.npz")
-        if os.path.exists(path):
-            assign_weights(self._model, load_weights(path), source=f"The weights in {path}")
 
     def __repr__(self) -> str:
         ref = "none" if self._reference is None else f"{self._reference.quality:.4f}"
