@@ -173,10 +173,12 @@ def _method(ctx: MethodContext, capped: bool) -> MethodOutput:
         loss=run.train.final_loss,
     )
     retrained = Retrained(model, validation, run.train.steps, run.train.steps, wall, usable, rows)
+    sizes_path = _save_sizes(model, ctx.directory)
     info = {
         "esapn": config.to_dict(),
         "stream_steps": run.steps,
         "sizes": summary,
+        "sizes_file": os.path.basename(sizes_path),
         "selection": "end of stream (no validation selection)",
     }
     logger.info(
@@ -188,6 +190,25 @@ def _method(ctx: MethodContext, capped: bool) -> MethodOutput:
         summary["sparsity_reached"],
     )
     return MethodOutput(retrained=retrained, info=info)
+
+
+def _save_sizes(model: Any, directory: str) -> str:
+    """Writes every ladder layer's end-of-stream row sizes to ``directory/esapn_sizes.npz``.
+
+    The entries are named after the layers (e.g. ``user_embedding``); with the split's
+    frequencies they give the sizes-against-frequency view of the result.
+    """
+    from tfembsize import _io
+    from tfembsize.layers.utils import iter_layers
+
+    sizes = {
+        layer.name: np.asarray(layer.sizes, np.int32)
+        for layer in iter_layers(model)
+        if getattr(layer, "_tfembsize_ladder", False)
+    }
+    path = os.path.join(directory, "esapn_sizes.npz")
+    _io.write_npz(path, sizes, format="tfembsize.esapn_sizes")
+    return path
 
 
 def esapn_method(ctx: MethodContext) -> MethodOutput:
