@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         "| method | sparsity | test R@20 | test N@20 | usable params | steps |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for name, r in (
+    for label, r in (
         ("ESAPN (1 pass, end of stream)", result["esapn"]),
         ("ES at the same sparsity", result["es_same_sparsity"]),
         ("full (128)", result["full"]),
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         if r is not None:
             sp = r["sparsity_reached"] if r["sparsity_reached"] is not None else r["sparsity"]
             md.append(
-                f"| {name} | {sp:.4f} | {r['test_recall@20']:.4f} | {r['test_ndcg@20']:.4f} | "
+                f"| {label} | {sp:.4f} | {r['test_recall@20']:.4f} | {r['test_ndcg@20']:.4f} | "
                 f"{r['usable_params']:,} | {r['train_steps']} |"
             )
     if result["esapn_vs_es"] is not None:
