@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 __all__ = [
     "EXIT_OK",
@@ -19,6 +20,7 @@ __all__ = [
     "EXIT_MISSING_EXTRA",
     "EXIT_INTERRUPTED",
     "EXIT_CODES",
+    "ArgumentParser",
     "CliError",
     "HelpFormatter",
     "add_verbosity",
@@ -62,6 +64,14 @@ class CliError(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = int(code)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line naming the option and the way out."""
+
+    def error(self, message: str) -> NoReturn:
+        """Prints ``<prog>: error: <message>`` and a pointer to ``--help``; exits with 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -21,6 +21,7 @@ from tfembsize.cli._common import (
     EXIT_MISSING_EXTRA,
     EXIT_STATE,
     EXIT_USAGE,
+    ArgumentParser,
     CliError,
     HelpFormatter,
     logging_to,
@@ -67,7 +68,7 @@ def _epilog() -> str:
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     """The ``tfembsize`` parser and ``{"search": (search parser, its method option groups)}``."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROGRAM,
         description=_DESCRIPTION,
         epilog=_epilog(),

@@ -123,7 +123,7 @@ def _cli_run(run_dir: RunDir) -> tuple[str, dict]:
         "kind": "cli_run",
         "path": str(run_dir.path),
         "command": description.get("command"),
-        "version": description.get("version"),
+        "tfembsize_version": description.get("tfembsize_version"),
         "options": options,
         "targets": rows,
     }

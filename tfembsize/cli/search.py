@@ -54,7 +54,7 @@ def _sparsities(text: str) -> tuple[float, ...]:
         ) from None
     if not values or not all(0.0 < c < 1.0 for c in values):
         raise argparse.ArgumentTypeError(
-            f"every sparsity must be in (0, 1) (0.9 keeps 10 %% of d_max * N); received {text!r}"
+            f"every sparsity must be in (0, 1) (0.9 keeps 10 % of d_max * N); received {text!r}"
         )
     return values
 
@@ -257,7 +257,7 @@ def run(args: argparse.Namespace, command: str, verbose: int) -> tuple[str, dict
         raise CliError(EXIT_DATA, f"--data-dir {args.data_dir}: no such folder.")
     run_dir = RunDir(args.run_dir)
     session = Session(run_dir, options, verbose)  # validates before anything is written
-    description = {"command": command, "version": __version__, "options": options}
+    description = {"command": command, "tfembsize_version": __version__, "options": options}
     run_dir.create_or_check(description)
     from tfembsize.cli._common import log_file
 
