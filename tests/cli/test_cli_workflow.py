@@ -11,9 +11,7 @@ import tensorflow as tf
 
 import tfembsize
 import tfembsize.models
-from tfembsize.cli import RunDir
 from tfembsize.plan import SizePlan
-
 
 TINY = ["--dataset", "synthetic", "--d-max", "8", "--max-steps", "100", "--eval-every", "50"]
 BET = [
@@ -121,7 +119,10 @@ def test_report_summarises_run_export_and_search_folders(workflow, tmp_path, cli
     from tfembsize.protocol.cli import main as protocol_main
 
     out = tmp_path / "protocol"
-    assert protocol_main([*TINY, "--methods", "es", "--sparsity", "0.5", "--out", str(out), "-v", "0"]) == 0
+    assert (
+        protocol_main([*TINY, "--methods", "es", "--sparsity", "0.5", "--out", str(out), "-v", "0"])
+        == 0
+    )
     protocol = cli("report", str(out))
     assert protocol.code == 0 and "| es | 0.5 | 1 |" in protocol.out
 

@@ -119,6 +119,7 @@ def _cli_run(run_dir: RunDir) -> tuple[str, dict]:
             total = _io.read_json(export, what="export report")["total"]
             row["export"] = {k: total[k] for k in ("raw_bytes", "dense_bytes", "ratio")}
         rows.append(row)
+    data = options["data_dir"] or options["dataset"] or "synthetic"
     summary = {
         "kind": "cli_run",
         "path": str(run_dir.path),
@@ -131,9 +132,8 @@ def _cli_run(run_dir: RunDir) -> tuple[str, dict]:
         f"# Run {run_dir.path}",
         "",
         f"- command: `{description.get('command')}`",
-        f"- method {options['method']}, backbone {options['backbone']}, data "
-        f"{options['data_dir'] or options['dataset']}, d_max {options['d_max']}, seed "
-        f"{options['seed']}",
+        f"- method {options['method']}, backbone {options['backbone']}, data {data}, "
+        f"d_max {options['d_max']}, seed {options['seed']}",
         "",
         "| target | plan params | budget | test R@20 | test N@20 | best step | export bytes "
         "| vs dense |",
@@ -232,7 +232,9 @@ def _export(path: Path) -> tuple[str, dict]:
     try:
         report = compression_report(path)
     except FileNotFoundError as e:
-        raise CliError(EXIT_USAGE, f"report: {path} is a SavedModel but not a tfembsize export: {e}")
+        raise CliError(
+            EXIT_USAGE, f"report: {path} is a SavedModel but not a tfembsize export: {e}"
+        ) from e
     summary = {"kind": "export", "path": str(path), **json.loads(json.dumps(report.to_dict()))}
     text = f"# Export {path}\n\n{report.to_markdown()}\n"
     return text, summary

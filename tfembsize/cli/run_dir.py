@@ -177,8 +177,8 @@ def _readme(description: Mapping[str, Any]) -> str:
         "",
         f"    {description.get('command', '')}",
         "",
-        f"tfembsize {description.get('tfembsize_version', '')}. Rerun the same command here to resume; "
-        "`tfembsize report <this folder>` summarises it.",
+        f"tfembsize {description.get('tfembsize_version', '')}. Rerun the same command here to "
+        "resume; `tfembsize report <this folder>` summarises it.",
         "",
         "| path | what |",
         "| --- | --- |",

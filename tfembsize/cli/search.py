@@ -104,10 +104,11 @@ def add_parser(subparsers: Any) -> tuple[argparse.ArgumentParser, dict]:
     data = p.add_argument_group("data and model")
     data.add_argument(
         "--dataset",
-        default="synthetic",
+        default=None,
         choices=DATASETS,
         help="a built-in data set; ml-100k, ml-1m and gowalla are read from the folder given "
-        "by --data-dir or $TFEMBSIZE_DATA_DIR (default: synthetic, generated in memory)",
+        "by --data-dir or $TFEMBSIZE_DATA_DIR (default: synthetic, generated in memory, "
+        "unless --data-dir is a LightGCN-format folder)",
     )
     data.add_argument(
         "--data-dir",
@@ -167,8 +168,7 @@ def add_parser(subparsers: Any) -> tuple[argparse.ArgumentParser, dict]:
         "--patience",
         type=_positive,
         default=None,
-        help="validation checks without improvement before early stopping (default: the "
-        "recipe's)",
+        help="validation checks without improvement before early stopping (default: the recipe's)",
     )
     recipe.add_argument(
         "--monitor",
@@ -251,10 +251,6 @@ def run(args: argparse.Namespace, command: str, verbose: int) -> tuple[str, dict
             f"options of {', '.join(unused)} given, but --method {method.name} does not use "
             "them; drop them.",
         )
-    if options["data_dir"] and not os.path.isdir(options["data_dir"]):
-        from tfembsize.cli._common import EXIT_DATA
-
-        raise CliError(EXIT_DATA, f"--data-dir {args.data_dir}: no such folder.")
     run_dir = RunDir(args.run_dir)
     session = Session(run_dir, options, verbose)  # validates before anything is written
     description = {"command": command, "tfembsize_version": __version__, "options": options}

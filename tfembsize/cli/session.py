@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from tfembsize.cli._common import EXIT_DATA, EXIT_USAGE, CliError
@@ -48,7 +49,7 @@ class Session:
         self.options = dict(options)
         self.verbose = verbose
         args = argparse.Namespace(
-            dataset=self.options["dataset"],
+            dataset=_dataset(self.options),
             data_dir=self.options["data_dir"],
             backbone=self.options["backbone"],
             methods=self.options["method"],
@@ -133,6 +134,31 @@ class Session:
             root=os.fspath(self.run.work),
             options=dict(self.config.method_options.get(name, {})),
         )
+
+
+def _dataset(options: Mapping[str, Any]) -> str | None:
+    """``--dataset`` as the protocol reads it: None lets a LightGCN ``--data-dir`` be the data.
+
+    Raises:
+        CliError: ``--data-dir`` is neither a LightGCN-format folder nor the folder of a named
+            data set (exit status 3).
+    """
+    from tfembsize.protocol.cli import _is_lightgcn_dir
+
+    dataset, data_dir = options.get("dataset"), options.get("data_dir")
+    if not data_dir:
+        return dataset or "synthetic"
+    if not os.path.isdir(data_dir):
+        raise CliError(EXIT_DATA, f"--data-dir {data_dir}: no such folder.")
+    if _is_lightgcn_dir(Path(data_dir)):
+        return None if dataset in (None, "synthetic") else dataset
+    if dataset in (None, "synthetic"):
+        raise CliError(
+            EXIT_DATA,
+            f"--data-dir {data_dir}: no train.txt (LightGCN format) there; to read a named data "
+            "set from its parent folder, pass --dataset ml-100k, ml-1m or gowalla too.",
+        )
+    return dataset
 
 
 def _load_split(config: Any, options: Mapping[str, Any]) -> Any:
