@@ -83,12 +83,12 @@ def summarise(path: Path) -> tuple[str, dict]:
     )
 
 
-def _fmt(value: Any, spec: str = ".4f") -> str:
+def _fmt(value: Any, pattern: str = ".4f") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if isinstance(value, int):
         return f"{value:,}"
-    return format(value, spec)
+    return format(value, pattern)
 
 
 def _cli_run(run_dir: RunDir) -> tuple[str, dict]:
