@@ -168,7 +168,10 @@ def _points(folder: Path) -> dict[str, list[tuple[float, float]]]:
             name = f"{head['options']['method']} ({folder.name})"
             return {name: points} if points else {}
     if (folder / "results.json").is_file():
-        return protocol_points(folder / "results.json")
+        try:
+            return protocol_points(folder / "results.json")
+        except ValueError as e:
+            raise CliError(EXIT_USAGE, f"--compare {folder}: {e}") from e
     raise CliError(
         EXIT_USAGE,
         f"--compare {folder}: neither a run directory nor a protocol output folder.",
