@@ -125,6 +125,11 @@ def test_report_summarises_run_export_and_search_folders(workflow, tmp_path, cli
     )
     protocol = cli("report", str(out))
     assert protocol.code == 0 and "| es | 0.5 | 1 |" in protocol.out
+    figures = tmp_path / "figures"
+    compared = cli("plot", str(run), "--compare", str(out), "--out", str(figures), "-q")
+    assert compared.code == 0, compared.err
+    assert (figures / "quality_vs_params.png").is_file()
+    assert cli("plot", str(run), "--compare", str(tmp_path)).code == 2  # not a run or results
 
 
 def test_plot_writes_the_three_kinds_of_figure(workflow):
