@@ -69,3 +69,13 @@ def test_python_dash_m_tfembsize_help():
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: tfembsize")
     assert "exit status:" in done.stdout
+
+
+def test_list_methods_names_each_method_and_where_non_plan_methods_run(cli):
+    result = cli("search", "--list-methods")
+    assert result.code == 0
+    lines = {line.split()[0]: line for line in result.out.splitlines()}
+    assert {"es", "mr", "bet", "ciess", "full", "pep"} <= set(lines)
+    assert "budgeted" in lines["es"] and "no budget" in lines["full"]
+    assert "python -m tfembsize.protocol" in lines["pep"]
+    assert "python -m tfembsize.protocol" not in lines["bet"]
