@@ -98,3 +98,24 @@ def test_plot_without_matplotlib_says_how_to_install_it(cli, tiny, tmp_path, mon
     result = cli("plot", str(run))
     assert result.code == 6
     assert 'pip install "tfembsize[plots]"' in _one_line(result.err)
+
+
+def test_a_full_disk_exits_4_and_a_rerun_resumes(cli, tiny, tmp_path, monkeypatch):
+    import errno
+
+    from tfembsize import _io
+    from tfembsize.plan import SizePlan
+
+    run = tmp_path / "run"
+    save = SizePlan.save
+
+    def full_disk(self, path):
+        raise _io.write_error(path, OSError(errno.ENOSPC, "No space left on device"))
+
+    monkeypatch.setattr(SizePlan, "save", full_disk)
+    argv = ["search", *tiny, "--method", "es", "--sparsity", "0.5", "--run-dir", str(run)]
+    result = cli(*argv)
+    assert result.code == 4
+    assert "c0.5.json" in _one_line(result.err.splitlines()[-1])
+    monkeypatch.setattr(SizePlan, "save", save)
+    assert cli(*argv).code == 0 and (run / "plans" / "c0.5.json").is_file()

@@ -18,7 +18,7 @@ from typing import Any
 
 from tfembsize import _io
 from tfembsize._version import __version__
-from tfembsize.cli._common import EXIT_USAGE, CliError, HelpFormatter, add_verbosity
+from tfembsize.cli._common import EXIT_USAGE, CliError, HelpFormatter, add_verbosity, log_file
 from tfembsize.cli.run_dir import RunDir, target_key
 from tfembsize.cli.session import BACKBONES, DATASETS, Session
 
@@ -255,8 +255,6 @@ def run(args: argparse.Namespace, command: str, verbose: int) -> tuple[str, dict
     session = Session(run_dir, options, verbose)  # validates before anything is written
     description = {"command": command, "tfembsize_version": __version__, "options": options}
     run_dir.create_or_check(description)
-    from tfembsize.cli._common import log_file
-
     with log_file(run_dir.log, verbose):
         logger.info("search: %s", command)
         rows = [_search_target(session, c) for c in session.targets]
