@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ __all__ = [
     "CliError",
     "HelpFormatter",
     "add_verbosity",
+    "describe",
     "verbosity",
     "logging_to",
     "log_file",
@@ -79,6 +81,19 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=32, width=100)
+
+
+def describe(doc: str | None) -> str:
+    """A subcommand's ``--help`` description from its module docstring (plain text).
+
+    The first two paragraphs, without the leading ````tfembsize <command>````: and without
+    reStructuredText quotes.
+    """
+    paragraphs = (doc or "").strip().split("\n\n")[:2]
+    text = "\n\n".join(paragraphs)
+    text = re.sub(r"^``[^`]+``: ", "", text)
+    text = text.replace("``", "").replace("`", "")
+    return text[:1].upper() + text[1:]
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:

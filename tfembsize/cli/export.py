@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from tfembsize import _io
-from tfembsize.cli._common import HelpFormatter, add_verbosity, log_file
+from tfembsize.cli._common import HelpFormatter, add_verbosity, describe, log_file
 from tfembsize.cli.retrain import selected_targets
 from tfembsize.cli.run_dir import RunDir
 from tfembsize.cli.session import Session
@@ -37,7 +37,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "export",
         help="write a compressed SavedModel per retrained plan and print its size report",
-        description=__doc__.split("\n\n")[0],
+        description=describe(__doc__),
         epilog=_EPILOG,
         formatter_class=HelpFormatter,
     )

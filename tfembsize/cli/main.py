@@ -6,6 +6,7 @@ import argparse
 import json
 import shlex
 import sys
+import textwrap
 import traceback
 from collections.abc import Sequence
 from typing import Any
@@ -62,7 +63,10 @@ _SUBCOMMANDS = {
 
 
 def _epilog() -> str:
-    codes = "\n".join(f"  {code:<4d} {text}" for code, text in EXIT_CODES.items())
+    codes = "\n".join(
+        textwrap.fill(text, 96, initial_indent=f"  {code:<4d} ", subsequent_indent=" " * 7)
+        for code, text in EXIT_CODES.items()
+    )
     return f"{_WORKFLOW}\nexit status:\n{codes}\n"
 
 

@@ -23,6 +23,7 @@ from tfembsize.cli._common import (
     CliError,
     HelpFormatter,
     add_verbosity,
+    describe,
     log_file,
 )
 from tfembsize.cli.run_dir import RUN_FORMAT, RunDir
@@ -48,7 +49,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "plot",
         help="PNG figures: sizes vs frequency, search progress, quality vs parameters",
-        description=__doc__.split("\n\n")[0],
+        description=describe(__doc__),
         epilog=_EPILOG,
         formatter_class=HelpFormatter,
     )

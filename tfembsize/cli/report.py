@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tfembsize import _io
-from tfembsize.cli._common import EXIT_USAGE, CliError, HelpFormatter, add_verbosity
+from tfembsize.cli._common import EXIT_USAGE, CliError, HelpFormatter, add_verbosity, describe
 from tfembsize.cli.run_dir import RUN_FORMAT, RunDir
 
 __all__ = ["add_parser", "run", "summarise"]
@@ -38,7 +38,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "report",
         help="summarise a run directory, protocol output, search folder or export",
-        description=__doc__.split("\n\n")[0],
+        description=describe(__doc__),
         epilog=_EPILOG,
         formatter_class=HelpFormatter,
     )

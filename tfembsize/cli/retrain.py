@@ -17,7 +17,14 @@ import shutil
 from typing import Any
 
 from tfembsize import _io
-from tfembsize.cli._common import EXIT_USAGE, CliError, HelpFormatter, add_verbosity, log_file
+from tfembsize.cli._common import (
+    EXIT_USAGE,
+    CliError,
+    HelpFormatter,
+    add_verbosity,
+    describe,
+    log_file,
+)
 from tfembsize.cli.run_dir import RunDir
 from tfembsize.cli.session import Session
 
@@ -41,7 +48,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "retrain",
         help="retrain each plan from scratch, write test metrics and weights (resumable)",
-        description=__doc__.split("\n\n")[0],
+        description=describe(__doc__),
         epilog=_EPILOG,
         formatter_class=HelpFormatter,
     )

@@ -18,7 +18,14 @@ from typing import Any
 
 from tfembsize import _io
 from tfembsize._version import __version__
-from tfembsize.cli._common import EXIT_USAGE, CliError, HelpFormatter, add_verbosity, log_file
+from tfembsize.cli._common import (
+    EXIT_USAGE,
+    CliError,
+    HelpFormatter,
+    add_verbosity,
+    describe,
+    log_file,
+)
 from tfembsize.cli.run_dir import RunDir, target_key
 from tfembsize.cli.session import BACKBONES, DATASETS, Session
 
@@ -86,7 +93,7 @@ def add_parser(subparsers: Any) -> tuple[argparse.ArgumentParser, dict]:
     p = subparsers.add_parser(
         "search",
         help="find a size plan per target sparsity (resumable)",
-        description=__doc__.split("\n\n")[0],
+        description=describe(__doc__),
         epilog=_EPILOG,
         formatter_class=HelpFormatter,
     )
