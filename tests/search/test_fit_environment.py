@@ -558,3 +558,22 @@ def test_the_search_loop_passes_its_verbose_to_the_environment(tmp_path, capsys)
     mine = make_env(verbose=0, reference_fit_kwargs={"epochs": 1})
     run(ES(0.5), mine, tmp_path / "mine", iterations=1, verbose=2, tensorboard=False)
     assert mine.verbose == 0  # the environment's own verbose wins
+
+
+def test_an_epoch_with_a_nan_loss_is_not_saved(tmp_path):
+    from tfembsize.search import EpochCheckpoint
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    checkpoint = EpochCheckpoint(tmp_path, seed=0)
+    checkpoint.set_model(model)
+    checkpoint.on_epoch_end(0, {"loss": float("nan")})
+    assert not (tmp_path / "fit_checkpoint.npz").exists()
+    checkpoint.on_epoch_end(2, {"loss": 0.5})  # epochs 1..3 done
+    trained = [w.copy() for w in model.get_weights()]
+    fresh = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    fresh.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    assert EpochCheckpoint(tmp_path, seed=1).restore(fresh) == 0  # another run's save
+    assert EpochCheckpoint(tmp_path, seed=0).restore(fresh) == 3
+    for a, b in zip(trained, fresh.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -65,7 +65,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
         return os.path.join(self.directory, _FILE)
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        """Writes the model and optimizer state with ``epoch + 1`` finished epochs."""
+        """Writes the model and optimizer state with ``epoch + 1`` finished epochs.
+
+        An epoch whose loss is not finite is not saved (a resumed fit would diverge again).
+        """
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.all(np.isfinite(np.asarray(loss, dtype=np.float64))):
+            logger.warning("Epoch %d ended with loss %s; it is not saved.", epoch + 1, loss)
+            return
         arrays: dict[str, Any] = {
             "epochs_done": np.int64(epoch + 1),
             "seed": np.int64(self.seed),
