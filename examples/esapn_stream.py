@@ -131,8 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     signature = served.signatures["serving_default"]
     users = stream.users[stream.test_start :][:5].astype(np.int64)
     items = stream.items[stream.test_start :][:5].astype(np.int64)
-    outputs = signature(user=tf.constant(users), item=tf.constant(items))
-    logits = next(iter(outputs.values())).numpy()
+    logits = signature(user=tf.constant(users), item=tf.constant(items))["outputs"].numpy()
     expected = model({"user": users, "item": items}).numpy()
     served_probability = tf.sigmoid(logits[:, 0]).numpy() if args.task == "binary" else None
     print(f"Exported to {export_path}: {result.signatures}")

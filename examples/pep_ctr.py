@@ -274,9 +274,8 @@ def main(argv: list[str] | None = None) -> dict:
     served = tf.saved_model.load(export_path)
     signature = served.signatures["serving_default"]
     x_test = data["test"][0][:5]
-    spec = next(iter(signature.structured_input_signature[1].values()))
-    outputs = signature(**{spec.name: tf.constant(x_test, spec.dtype)})
-    served_logits = next(iter(outputs.values())).numpy().reshape(-1)
+    # The signature takes the model's input by its name and returns the logits as "outputs".
+    served_logits = signature(features=tf.constant(x_test))["outputs"].numpy().reshape(-1)
     probabilities = tf.sigmoid(served_logits).numpy()
     print(f"Exported to {export_path} ({exported.signatures}):")
     print(report)
