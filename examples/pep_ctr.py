@@ -14,8 +14,10 @@ functional Keras API and trained with ``compile``/``fit``. Steps:
    generated clicks with a learnable signal instead;
 2. prune: ``fit`` with ``tes.optimizers.PEPAdam`` (it moves the thresholds) and
    ``PEPController.callback()``, which captures the mask the first time the table's usable
-   entries fall under each target budget ``floor((1 - c) * d * N)``; the reached sparsity is
-   read from the layer and the controller;
+   entries fall under each target budget ``floor((1 - c) * d * N)`` and stops the training
+   once every target is captured; the reached sparsity is read from the layer and the
+   controller. The thresholds rise by about ``--threshold-lr`` per step from
+   ``--threshold-init``, so these two set how many steps the pruning takes;
 3. retrain the most pruned mask as a lottery ticket: a fresh model from the same seed, its
    table restarted from its initial values ``E0 * M`` (``freeze_mask``), trained with
    ``fit``; validation and test AUC are reported;
