@@ -51,6 +51,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tfembsize.errors import TargetMissedError
 from tfembsize.protocol.context import MethodContext, MethodOutput
 from tfembsize.protocol.registry import register_method
 from tfembsize.protocol.selective import retrain_top
@@ -247,7 +248,7 @@ def bet_method(**variant: Any) -> Callable[[MethodContext], MethodOutput]:
             raise ValueError("BET needs a target sparsity; the cell has none.")
         short = shortlist(archived, settings.top_k, budget)  # each asserted in B(c)
         if short.missed:
-            raise RuntimeError(
+            raise TargetMissedError(
                 f"BET missed c={c:g}: no archived action is within the budget "
                 f"({budget.describe()}); the budget is not relaxed."
             )
