@@ -157,6 +157,25 @@ def main(argv: list[str] | None = None) -> None:
         for bb in ("lightgcn", "ngcf", "ncf"):
             r20, n20, sp = paper[bb]
             md.append(f"- {bb}: {r20:.4f} / {n20:.4f} at {sp:.0%}")
+    for side in ("user", "item"):
+        if f"{side}_grow_probability" not in sizes:
+            continue
+        grid, grow = sizes[f"{side}_grid_counts"], sizes[f"{side}_grow_probability"]
+        result[f"{side}_grow_probability"] = {
+            "counts": grid.tolist(),
+            "by_rung": grow.T.tolist(),
+        }
+        ladder = cell["info"]["esapn"]["ladder"]
+        md += [
+            "",
+            f"Learned probability that a {side} grows, by its running count (rows) and the size "
+            "it is at (columns):",
+            "",
+            "| count | " + " | ".join(str(d) for d in ladder[:-1]) + " |",
+            "| --- |" + " --- |" * (len(ladder) - 1),
+        ]
+        for k in range(0, grid.size, max(1, grid.size // 10)):
+            md.append(f"| {grid[k]} | " + " | ".join(f"{p:.2f}" for p in grow[k]) + " |")
     md += ["", f"![mean size against frequency]({png.name})", ""]
     write_results(name, result, "\n".join(md) + "\n")
 

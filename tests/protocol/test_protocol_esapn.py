@@ -119,7 +119,12 @@ def test_esapn_runs_once_per_seed_and_the_cap_per_sparsity_within_budget(tmp_pat
     for cell in (free, capped):
         folder = tmp_path / "work" / cell.key()
         kept = _io.read_npz(folder / cell.info["sizes_file"])
-        assert sorted(kept) == ["item_embedding", "user_embedding"]
+        assert {"item_embedding", "user_embedding"} <= set(kept)
+        for side in ("user", "item"):  # the policies' grow probabilities on a count grid
+            grid, grow = kept[f"{side}_grid_counts"], kept[f"{side}_grow_probability"]
+            assert grid[0] == 0 and np.all(np.diff(grid) > 0)
+            assert grow.shape == (grid.size, 2)  # rungs 0 and 1 of the ladder (2, 4, 8)
+            assert np.all((grow >= 0) & (grow <= 1))
         assert len(kept["user_embedding"]) == split.num_users
         assert (
             int(kept["user_embedding"].sum() + kept["item_embedding"].sum()) == cell.usable_params
