@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     es_cell = min(es, key=lambda c: c["sparsity"]) if es else None
     full = _cells(Path(args.full_cells), "full") if args.full_cells else []
     split = load_dataset(args.dataset).split(0.5, 0.25, 0.25, seed=42)
+    epochs = int(cell["info"]["esapn"].get("epochs", 1))
     key = cell_key("esapn", cell["sparsity"], int(cell["seed"]))
     sizes_file = cell["info"].get("sizes_file", "esapn_sizes.npz")
     sizes = _io.read_npz(Path(args.work_dir, key, sizes_file))
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         png,
         d_max=d_max,
         statistic="mean",
-        title=f"ESAPN sizes, {args.dataset} {args.backbone} (BPR stream, 1 pass)",
+        title=f"ESAPN sizes, {args.dataset} {args.backbone} (BPR stream, {epochs} pass"
+        f"{'es' if epochs > 1 else ''})",
     )
 
     def row(c: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for label, r in (
-        ("ESAPN (1 pass, end of stream)", result["esapn"]),
+        (f"ESAPN ({epochs} pass{'es' if epochs > 1 else ''}, end of stream)", result["esapn"]),
         ("ES at the same sparsity", result["es_same_sparsity"]),
         ("full (128)", result["full"]),
     ):
