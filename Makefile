@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install demo test test-keras3 test-legacy test-slow lint format clean
+.PHONY: install demo docs test test-keras3 test-legacy test-slow lint format clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,14 +24,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VPY) examples/demo.py
 
+# The API reference, HTML from the docstrings (pdoc, in the dev extra), in build/docs/;
+# any pdoc warning fails it.
+docs: $(STAMP)
+	$(VPY) docs/build_api.py --output build/docs
+
 lint: $(STAMP)
-	$(VPY) -m ruff check tfembsize tests benchmarks examples
-	$(VPY) -m ruff format --check tfembsize tests benchmarks examples
+	$(VPY) -m ruff check tfembsize tests benchmarks examples docs/build_api.py
+	$(VPY) -m ruff format --check tfembsize tests benchmarks examples docs/build_api.py
 	$(VPY) -m mypy
 
 format: $(STAMP)
-	$(VPY) -m ruff format tfembsize tests benchmarks examples
-	$(VPY) -m ruff check --fix tfembsize tests benchmarks examples
+	$(VPY) -m ruff format tfembsize tests benchmarks examples docs/build_api.py
+	$(VPY) -m ruff check --fix tfembsize tests benchmarks examples docs/build_api.py
 
 # The whole suite twice: Keras 3 (plain TensorFlow) and tf-keras (TF_USE_LEGACY_KERAS=1).
 # Both modes always run; the target fails if either fails.

@@ -80,6 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk-steps", type=int, default=100, help="batches between checkpoints")
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--ladder",
+        default=None,
+        help="candidate sizes, e.g. 2,4,8,16,64,128 (default); FIXED uses the last one "
+        "(--ladder 16 --methods fixed: every row at 16)",
+    )
     p.add_argument("--jit", action="store_true", help="compile the steps with XLA")
     p.add_argument("--work-dir", default=None, help="checkpoints (default results/_work/...)")
     p.add_argument("--name", default=None, help="results file stem")
@@ -98,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _sizes_figure(run: dict[str, Any], path: Path, title: str) -> dict[str, Any]:
+def _sizes_figure(run: dict[str, Any], path: Path, title: str, d_max: int) -> dict[str, Any]:
     from tfembsize.plots import plot_sizes_vs_frequency
 
     sides = {
@@ -108,7 +114,7 @@ def _sizes_figure(run: dict[str, Any], path: Path, title: str) -> dict[str, Any]
     return plot_sizes_vs_frequency(
         sides,
         path,
-        d_max=128,
+        d_max=d_max,
         bins=15,
         statistic="mean",
         xlabel="interactions in the stream + 1",
@@ -168,6 +174,7 @@ def _num(x: float | None) -> str:
 
 
 def _markdown(payload: dict[str, Any], figure: str | None) -> str:
+    d_max = int(payload["config"]["ladder"][-1])
     lines = [
         f"# ESAPN on the {payload['dataset']} rating stream (prequential, time order)",
         "",
@@ -178,7 +185,7 @@ def _markdown(payload: dict[str, Any], figure: str | None) -> str:
         f"{payload['config']['batch_size']}; every batch is scored before the model trains on "
         "it. Counters are never reset.",
         "",
-        "| task | FIXED (128) | ESAPN | paper FIXED | paper ESAPN |",
+        f"| task | FIXED ({d_max}) | ESAPN | paper FIXED (128) | paper ESAPN |",
         "| --- | --- | --- | --- | --- |",
     ]
     for task, loss in LOSS.items():
@@ -195,7 +202,7 @@ def _markdown(payload: dict[str, Any], figure: str | None) -> str:
         "Accuracy / loss on the test part (binary: MSE of sigmoid(logit) against rating > 3.5; "
         "five classes: cross-entropy over floor(rating - 0.5)).",
         "",
-        "Memory at the end of the stream, sum of the rows' sizes over 128 per row:",
+        f"Memory at the end of the stream, sum of the rows' sizes over {d_max} per row:",
         "",
         "| run | users | items | paper users (ML-20M / ML-latest) | paper items |",
         "| --- | --- | --- | --- | --- |",
@@ -243,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     config = stream_config(batch_size=args.batch_size, chunk_steps=args.chunk_steps, seed=args.seed)
     config = config.replace(jit_compile=bool(args.jit))
+    if args.ladder:
+        config = config.replace(ladder=tuple(int(x) for x in args.ladder.split(",") if x))
     runs: dict[str, Any] = {}
     if partial_path.exists():
         saved = _io.read_json(partial_path, format=_PARTIAL_FORMAT, what="partial results")
@@ -293,6 +302,7 @@ def _write(args: argparse.Namespace, stream: Any, runs: dict[str, Any], config: 
             source,
             Path(common.RESULTS) / name,
             f"ESAPN ({task}) on {args.dataset}: mean size by interactions",
+            int(config.ladder[-1]),
         )
         payload["figure"] = name
         figure = name

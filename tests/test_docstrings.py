@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.util
 import re
 from pathlib import Path
 
@@ -63,3 +64,92 @@ def test_no_module_refers_to_private_documents():
             if _PRIVATE_REFERENCES.search(line):
                 found.append(f"{path.relative_to(REPO).as_posix()}:{number}: {line.strip()}")
     assert not found, "References users cannot follow (say the rule instead):\n" + "\n".join(found)
+
+
+# The API reference (`make docs`): every public name is documented --------------------------
+
+_BUILD_API = REPO / "docs" / "build_api.py"
+
+
+def _public_names() -> list[tuple[str, object]]:
+    """``(tfembsize.<package>.<name>, object)`` for every name of the packages' ``__all__``."""
+    import types
+
+    out = []
+    packages = [getattr(tfembsize, n) for n in tfembsize.__all__]
+    packages = [m for m in packages if isinstance(m, types.ModuleType)]
+    packages.append(importlib.import_module("tfembsize.testing"))
+    for package in packages:
+        out.append((package.__name__, package))
+        for name in package.__all__:
+            out.append((f"{package.__name__}.{name}", getattr(package, name)))
+    return out
+
+
+def _undocumented(names: list[tuple[str, object]]) -> list[str]:
+    """Public names (and public methods and properties of public classes) without a docstring."""
+    import inspect
+
+    def documented(obj: object) -> bool:
+        doc = obj.__dict__.get("__doc__") if isinstance(obj, type) else obj.__doc__
+        return bool(doc and doc.strip())
+
+    missing = []
+    for full, obj in names:
+        if not documented(obj):
+            missing.append(full)
+        if not isinstance(obj, type):
+            continue
+        for attr, value in vars(obj).items():
+            member = value.fget if isinstance(value, property) else value
+            member = getattr(member, "__func__", member)  # static and class methods
+            if attr.startswith("_") or not (inspect.isfunction(member) or inspect.isclass(member)):
+                continue
+            if not documented(member):
+                missing.append(f"{full}.{attr}")
+    return missing
+
+
+def test_every_public_name_has_a_docstring():
+    names = _public_names()
+    assert len(names) > 200  # every subpackage of tfembsize.__all__ and tfembsize.testing
+    assert ("tfembsize.search.FitEnvironment", tfembsize.search.FitEnvironment) in names
+
+    class Undocumented:
+        def method(self):
+            pass
+
+        @property
+        def value(self):
+            return 1
+
+    found = _undocumented([("x.Undocumented", Undocumented)])
+    assert found == ["x.Undocumented", "x.Undocumented.method", "x.Undocumented.value"]
+    assert _undocumented(names) == []
+
+
+def _build_api():
+    spec = importlib.util.spec_from_file_location("build_api", _BUILD_API)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_api_reference_of_a_package_builds_without_warnings(tmp_path):
+    pytest.importorskip("pdoc", reason="pdoc is in the dev extra")
+    warnings = _build_api().build(tmp_path, ("tfembsize.search",))
+    assert warnings == []
+    page = (tmp_path / "tfembsize" / "search.html").read_text(encoding="utf-8")
+    for name in tfembsize.search.__all__:
+        assert f'id="{name}"' in page, name
+
+
+@pytest.mark.slow
+def test_the_whole_api_reference_builds_without_warnings(tmp_path):
+    pytest.importorskip("pdoc", reason="pdoc is in the dev extra")
+    assert _build_api().main(["--output", str(tmp_path)]) == 0
+    for full, _ in _public_names():
+        package, _, name = full.rpartition(".")
+        if package.count(".") == 1:  # tfembsize.<package>.<name>
+            page = tmp_path / Path(*package.split(".")).with_suffix(".html")
+            assert f'id="{name}"' in page.read_text(encoding="utf-8"), full

@@ -383,3 +383,46 @@ def test_duplicate_searchable_names_are_rejected():
     model = keras.Model(inp, a(inp) + inner(inp))
     with pytest.raises(ValueError, match=r"Two searchable layers are named 'same'"):
         find_searchable_layers(model)
+
+
+def test_scaled_to_grows_or_shrinks_by_one_factor_within_the_budget():
+    plan = SizePlan({"users": [1, 2], "items": [4]})
+    # factor just under 3: floor([2.9, 5.8, 11.6]) clipped to 8 -> [2, 5, 8] = 15 (3 gives
+    # 17); the one unit left goes to the largest row with room: the user of size 2
+    scaled = plan.scaled_to(Budget(max_params=16, d_max=8))
+    assert scaled.to_dict()["tables"] == {"users": [2, 6], "items": [8]}
+    # equal rows stay equal (also across tables), the order of sizes is kept
+    shared = SizePlan({"u1": [3, 1, 3], "u2": [3, 1, 3], "i": [2, 2]})
+    big = shared.scaled_to(Budget(sparsity=0.5, d_max=16))
+    assert big["u1"].tolist() == big["u2"].tolist()
+    assert big["u1"][0] == big["u1"][2] > big["u1"][1] and big["i"][0] == big["i"][1]
+    assert big.total_params() == Budget(sparsity=0.5, d_max=16).max_params_for(8) == 64
+    # over its budget: shrinks; everything at d_max when the budget allows the full plan
+    small = SizePlan({"t": [8, 8, 4]}).scaled_to(Budget(max_params=10, d_max=8))
+    assert small["t"].tolist() == [4, 4, 2]
+    assert SizePlan({"t": [1, 2]}).scaled_to(Budget(max_params=100, d_max=8))["t"].tolist() == [
+        8,
+        8,
+    ]
+    with pytest.raises(BudgetInfeasibleError, match="Size 1 for all 3 rows needs 3"):
+        SizePlan({"t": [1, 1, 1]}).scaled_to(Budget(max_params=2, d_max=8))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.integers(1, 32), min_size=1, max_size=40),
+    st.floats(0.05, 0.95),
+)
+def test_scaled_to_is_within_budget_and_keeps_the_order(sizes, sparsity):
+    budget = Budget(sparsity=sparsity, d_max=32)
+    plan = SizePlan({"t": sizes})
+    if len(sizes) > budget.max_params_for(len(sizes)):
+        return
+    scaled = plan.scaled_to(budget)["t"]
+    limit = budget.max_params_for(len(sizes))
+    assert scaled.sum() == min(limit, 32 * len(sizes))  # the budget is spent
+    d = np.asarray(sizes)
+    smaller = d[:, None] < d[None, :]
+    assert np.all((scaled[:, None] <= scaled[None, :])[smaller])  # order kept
+    equal = d[:, None] == d[None, :]
+    assert np.all(np.abs(scaled[:, None] - scaled[None, :])[equal] <= 1)

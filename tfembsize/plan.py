@@ -239,6 +239,76 @@ class SizePlan(Mapping):
         plan.check(budget, min_size=min_size)  # the guarantee, asserted
         return plan
 
+    def scaled_to(self, budget: Budget) -> SizePlan:
+        """The plan with every size multiplied by one factor, as large as ``budget`` allows.
+
+        Sizes become ``clip(floor(s * d), 1, d_max)`` for the largest factor ``s`` whose total
+        fits the budget (found by bisection); what rounding down leaves of the budget is then
+        handed out one unit per row, largest original sizes first (ties: earlier rows), so
+        the budget is spent unless every row is full. The shape of the allocation is kept:
+        a larger size never becomes smaller than a smaller one, and equal sizes differ by at
+        most one. A plan under its budget grows (one that spends a third of the budget gets
+        about three times its sizes, up to ``d_max``); one over it shrinks.
+
+        Args:
+            budget: the budget, spanning every table of the plan.
+
+        Returns:
+            A new `SizePlan` within ``budget`` (asserted).
+
+        Raises:
+            BudgetInfeasibleError: even size 1 for every row exceeds the budget.
+            ValueError: a size is below 1.
+
+        Example:
+            >>> SizePlan({"users": [1, 2], "items": [4]}).scaled_to(
+            ...     Budget(max_params=16, d_max=8))["users"].tolist()
+            [2, 6]
+        """
+        names = list(self._tables)
+        flat = np.concatenate([self._tables[n] for n in names]).astype(np.int64)
+        if flat.size and flat.min() < 1:
+            raise ValueError(f"Every size must be at least 1. Received a size of {flat.min()}.")
+        limit = budget.max_params_for(self.num_rows())
+        if flat.size > limit:
+            raise BudgetInfeasibleError(
+                f"Size 1 for all {flat.size} rows needs {flat.size} parameters, more than the "
+                f"budget of {limit} ({budget.describe()})."
+            )
+        d_max = budget.d_max
+
+        def total(factor: float) -> int:
+            return int(np.clip(np.floor(factor * flat), 1, d_max).sum())
+
+        lo, hi = 0.0, float(d_max)  # total(d_max) is the all-full plan (or over the budget)
+        if total(hi) <= limit:
+            lo = hi
+        else:
+            for _ in range(100):
+                mid = 0.5 * (lo + hi)
+                if total(mid) <= limit:
+                    lo = mid
+                else:
+                    hi = mid
+        scaled = np.clip(np.floor(lo * flat), 1, d_max).astype(np.int64)
+        order = np.lexsort((np.arange(flat.size), -flat))  # largest first, then earlier
+        left = limit - int(scaled.sum())
+        while left > 0:
+            room = order[scaled[order] < d_max][:left]
+            if room.size == 0:
+                break
+            scaled[room] += 1
+            left -= int(room.size)
+        out: dict[str, np.ndarray] = {}
+        start = 0
+        for name in names:
+            n = self._tables[name].size
+            out[name] = scaled[start : start + n]
+            start += n
+        plan = SizePlan(out)
+        plan.check(budget)  # the guarantee, asserted
+        return plan
+
     @classmethod
     def repaired(
         cls,

@@ -381,3 +381,22 @@ def test_the_archive_is_appended_to_disk_not_rewritten(tmp_path):
     assert restored.archive().fitness.tolist() == bet.archive().fitness[:2].tolist()
     restored.restore(tmp_path / "ckpt2")
     np.testing.assert_array_equal(restored.archive().counts, bet.archive().counts)
+
+
+def test_search_start_scratch_asks_fresh_trainings_of_h_epochs():
+    obs = make_observation()
+    full = small_bet(search_iterations=3, top_k=1)
+    scratch = small_bet(search_iterations=3, top_k=1, search_start="scratch")
+    full_steps = drive(full, FakeEnvironment(obs))
+    scratch_steps = drive(scratch, FakeEnvironment(obs))
+    search = [d for d, _ in scratch_steps if d.phase == "search"]
+    assert [d.mode for d in search] == ["scratch"] * 3
+    assert [d.mode for d, _ in full_steps if d.phase == "search"] == ["snapshot"] * 3
+    assert {d.train_epochs for d in search} == {scratch.finetune_epochs}
+    # Only where the training starts differs: the same seed draws the same actions.
+    assert [d.plan for d in search] == [d.plan for d, _ in full_steps if d.phase == "search"]
+    assert scratch.get_config()["search_start"] == "scratch"
+    assert "search_start" not in full.get_config()  # the default: old saved states restore
+    assert BETController.from_config(scratch.get_config()).search_start == "scratch"
+    with pytest.raises(ValueError, match=r"`search_start` must be one of .*search_start='warm'"):
+        small_bet(search_start="warm")

@@ -310,3 +310,25 @@ def test_buffers_and_archive_are_appended_not_rewritten(tmp_path):
         assert len(chunks) == search, name  # one chunk per search step, none rewritten
     manifest = json.loads((tmp_path / "run.json").read_text())
     assert manifest["finished"] is True
+
+
+def test_top_masks_filled_to_the_budget_keep_the_ranking():
+    obs = make_observation(d_max=32)
+    c = CIESSController((0.5, 0.8), episodes=2, iterations=3, top_k=2, seed=1, **SMALL)
+    drive(c, FakeEnvironment(obs))
+    for target in (0.5, 0.8):
+        limit = Budget(sparsity=target, d_max=32).max_params_for(obs.num_rows)
+        plain, filled = c.top_masks(target), c.top_masks(target, fill=True)
+        if plain.missed:
+            assert filled.missed
+            continue
+        assert [e.index for e in filled.entries][:1] == [e.index for e in plain.entries][:1]
+        for e in filled.entries:
+            assert e.filled and e.plan.total_params() == limit  # every unit of B(c) spent
+            new_u, _ = obs.sizes_from_plan(e.plan)
+            old_u, _ = obs.sizes_from_plan(e.candidate.plan)
+            smaller = old_u[:, None] < old_u[None, :]
+            assert np.all((new_u[:, None] <= new_u[None, :])[smaller])  # the shape is kept
+            assert new_u.sum() >= old_u.sum()
+        assert all(not e.filled for e in plain.entries)
+    assert not c.top_masks(0.5).missed  # the test is not vacuous

@@ -170,6 +170,11 @@ def test_bet_variants_and_settings():
     sizes = bet_controller((0.9,), 3, settings, surrogate_features="constant").get_config()
     assert sizes["surrogate_features"] == "constant"
     assert sizes["strategy_cycle"] == ["predict", "predict", "predict", "random", "nearest"]
+    assert BETSettings().search_start == "full"
+    scratch = bet_controller((0.9,), 3, BETSettings(**TINY, search_start="scratch"))
+    assert scratch.get_config()["search_start"] == "scratch"
+    with pytest.raises(ValueError, match=r"`search_start` must be 'full' or 'scratch'.*'warm'"):
+        BETSettings(search_start="warm")
     ft = bet_finetune_config(RECIPE.replace(refit=True))
     assert ft.refit is False and ft.evaluate_test is False and ft.batch_size == RECIPE.batch_size
     with pytest.raises(ValueError, match=r"`method_options` names methods that do not run"):
@@ -252,7 +257,7 @@ def test_command_line_and_bet_report(tmp_path):
     assert report["search_vs_full_train_ratio"]["0.8"] == pytest.approx(
         cells["bet"]["info"]["search_vs_full_train_ratio"]
     )
-    assert report["bet_settings"] == options
+    assert report["bet_settings"] == {**options, "search_start": "full"}
     row = report["rows"][0]
     assert row["bet_beats_es"] == (ratio > 1)
     assert row["mr"]["recall@20"]["mean"] == cells["mr"]["test"]["recall@20"]

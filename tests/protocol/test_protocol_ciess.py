@@ -112,6 +112,13 @@ def test_methods_settings_and_command_line():
     )
     assert config.method_options["ciess"] == {"episodes": 4, "noise": "per_entity"}
     assert config.work_dir == "state"
+    # a yes/no option alone means yes; an explicit value is parsed; the search is not changed
+    alone = cli.parse_args(["--methods", "ciess", "--ciess-fill-budget", "--sparsity", "0.9"])
+    assert alone.method_settings == {"ciess": {"fill_budget": True}} and alone.sparsity == "0.9"
+    no = cli.parse_args(["--methods", "ciess", "--ciess-fill-budget", "off"])
+    assert no.method_settings == {"ciess": {"fill_budget": False}}
+    filled = ciess_controller((0.9,), 3, CIESSSettings(fill_budget=True))
+    assert filled.get_config() == ciess_controller((0.9,), 3, CIESSSettings()).get_config()
     with pytest.raises(ValueError, match="`noise` must be one of"):
         CIESSSettings(noise="ou")
     with pytest.raises(ValueError, match="`train_steps` must be >= 0"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from tfembsize.budget import Budget
@@ -112,6 +113,23 @@ def test_esapn_runs_once_per_seed_and_the_cap_per_sparsity_within_budget(tmp_pat
     results = json.loads((tmp_path / "results.json").read_text())
     assert {r["method"] for r in results["summary"]} == {"esapn", "esapn-cap"}
     assert "reached" in (tmp_path / "results.md").read_text()
+    # the end-of-stream sizes are kept beside the cell (for sizes-against-frequency views)
+    from tfembsize import _io
+
+    for cell in (free, capped):
+        folder = tmp_path / "work" / cell.key()
+        kept = _io.read_npz(folder / cell.info["sizes_file"])
+        assert {"item_embedding", "user_embedding"} <= set(kept)
+        for side in ("user", "item"):  # the policies' grow probabilities on a count grid
+            grid, grow = kept[f"{side}_grid_counts"], kept[f"{side}_grow_probability"]
+            assert grid[0] == 0 and np.all(np.diff(grid) > 0)
+            assert grow.shape == (grid.size, 2)  # rungs 0 and 1 of the ladder (2, 4, 8)
+            assert np.all((grow >= 0) & (grow <= 1))
+        assert len(kept["user_embedding"]) == split.num_users
+        assert (
+            int(kept["user_embedding"].sum() + kept["item_embedding"].sum()) == cell.usable_params
+        )
+        assert set(np.unique(kept["user_embedding"])) <= {2, 4, 8}
     # the working directories' checkpoints are gone once the cells are written
     assert not (tmp_path / "work" / "esapn__cnone__seed0" / "training").exists()
     again = run_protocol(_config(tmp_path), split=split, verbose=0)  # nothing left to run

@@ -95,6 +95,15 @@ def test_pep_cells_share_one_pruning_run_and_retrain_tickets_within_budget(tmp_p
             np.testing.assert_array_equal(layer.pruning_mask(), mask)
             assert not layer.embeddings.numpy()[~mask].any()  # pruned entries stayed zero
         assert sum(int(m.sum()) for m in masks[c].values()) == cells[c].usable_params
+        # the kept coordinates the training pairs' users and items share, measured on the mask
+        um, im = masks[c]["user_embedding"], masks[c]["item_embedding"]
+        u, i = np.asarray(split.train.users), np.asarray(split.train.items)
+        shared = (um[u] & im[i]).sum(axis=1)
+        overlap = cells[c].info["overlap"]
+        assert overlap["pairs"] == len(u)
+        assert overlap["mean_shared"] == pytest.approx(shared.mean())
+        assert overlap["zero_shared_fraction"] == pytest.approx(np.mean(shared == 0))
+        assert cells[c].info["ticket"] == "entries"
     assert initial["user_embedding"].shape == (split.num_users, D)
     # a rerun reuses the finished cells: nothing is trained again
     again = Trainer()

@@ -7,7 +7,9 @@ and (tf-keras only) the TensorFlow Recommenders basic-retrieval model.
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 
 import numpy as np
 import pytest
@@ -450,3 +452,115 @@ def test_tfrs_tutorial_model_is_searched_with_its_own_metric(tmp_path):
     assert "factorized_top_k/top_1_categorical_accuracy" in result.history[0].feedback.metrics
     assert result.history[0].feedback.train_steps == 2
     assert result.best_plan.fits(Budget(sparsity=0.5, d_max=D))
+
+
+# Progress and crash-safe pretraining ----------------------------------------------------------
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Stands for a killed process: raises at the end of epoch ``after`` (1-based)."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after, self.weights = after, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.after:
+            self.weights = [np.array(w) for w in self.model.get_weights()]
+            raise KeyboardInterrupt("killed")
+
+
+class _Recorder(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.epochs, self.weights_at_start = [], None
+
+    def on_train_begin(self, logs=None):
+        self.weights_at_start = [np.array(w) for w in self.model.get_weights()]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_pretraining_killed_after_two_epochs_resumes_at_the_third(tmp_path):
+    directory = str(tmp_path / "env")
+    interrupt = _Interrupt(after=2)
+    env = make_env(reference_fit_kwargs={"epochs": 4, "callbacks": [interrupt]})
+    env.attach(directory)
+    with pytest.raises(KeyboardInterrupt):
+        env.reference()
+    checkpoint = tmp_path / "env" / "pretraining" / "fit_checkpoint.npz"
+    assert checkpoint.is_file() and not (tmp_path / "env" / "reference.npz").exists()
+
+    recorder = _Recorder()
+    again = make_env(reference_fit_kwargs={"epochs": 4, "callbacks": [recorder]})
+    again.attach(directory)
+    ref = again.reference()
+    assert recorder.epochs == [2, 3]  # the two finished epochs are not trained again
+    for saved, restored in zip(interrupt.weights, recorder.weights_at_start, strict=True):
+        np.testing.assert_array_equal(saved, restored)  # it goes on from epoch 2's weights
+    # The optimizer's state came back too: its step counter covers all 4 epochs of 8 batches.
+    assert ref.train_steps == 4 * 8 and ref.ok
+    # The finished reference replaces the checkpoint; a third run loads it, training nothing.
+    assert not checkpoint.parent.exists() and (tmp_path / "env" / "reference.npz").is_file()
+    third_recorder = _Recorder()
+    third = make_env(reference_fit_kwargs={"epochs": 4, "callbacks": [third_recorder]})
+    third.attach(directory)
+    assert third.reference().quality == ref.quality and third_recorder.epochs == []
+
+
+def test_verbose_shows_every_phase_with_its_time(capsys, caplog):
+    # 52 rows (20 users, 30 items, an out-of-vocabulary row each) of width 4: 208 parameters.
+    env = make_env(verbose=2, reference_fit_kwargs={"epochs": 2}, fit_kwargs={"epochs": 1})
+    env.reference()
+    full = env.full_plan()
+    env.step(full, "snapshot", train_steps=3)
+    env.step(full, "scratch", phase="final")  # final_fit_kwargs: reference_fit_kwargs
+    out = capsys.readouterr().out
+    assert "Pretraining the full-size reference model: 2 epoch(s) of fit." in out
+    assert "Epoch 1/2" in out and "Epoch 2/2" in out  # Keras's own per-epoch lines
+    assert re.search(r"Pretrained the reference model in [\d.]+s \(training [\d.]+s, evalu", out)
+    assert re.search(r"Search step 1 \(snapshot, 208 usable parameters\): trained 3 batches", out)
+    assert re.search(r"Retraining 2 \(scratch, 208 usable parameters\): trained 16 batches", out)
+    # verbose=0: nothing on standard output; the same lines are logged at INFO.
+    quiet = make_env(verbose=0, reference_fit_kwargs={"epochs": 1})
+    with caplog.at_level(logging.INFO, logger="tfembsize.search.fit_environment"):
+        quiet.step(quiet.full_plan(), "snapshot", train_steps=1)
+    assert capsys.readouterr().out == ""
+    assert "Pretrained the reference model in" in caplog.text
+    assert "Search step 1 (snapshot, 208 usable parameters): trained 1 batches" in caplog.text
+    with pytest.raises(ValueError, match=r"`verbose` must be 0 .*Received: verbose=-1"):
+        make_env(verbose=-1)
+
+
+def test_the_search_loop_passes_its_verbose_to_the_environment(tmp_path, capsys):
+    env = make_env(reference_fit_kwargs={"epochs": 1})
+    assert env.verbose == 0
+    run(ES(0.5), env, tmp_path / "run", iterations=1, verbose=2, tensorboard=False)
+    assert env.verbose == 2
+    out = capsys.readouterr().out
+    assert "Pretrained the reference model in" in out
+    # ES trains its uniform plan as a final candidate: 4 * 52 * (1 - 0.5) = 104 parameters.
+    assert "Retraining 1 (scratch, 104 usable parameters): trained 8 batches in" in out
+    env = make_env(verbose=0, reference=False)
+    env.set_default_verbose(2)
+    assert env.verbose == 0  # the environment's own verbose wins
+
+
+def test_an_epoch_with_a_nan_loss_is_not_saved(tmp_path):
+    from tfembsize.search import EpochCheckpoint
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    checkpoint = EpochCheckpoint(tmp_path, seed=0)
+    checkpoint.set_model(model)
+    checkpoint.on_epoch_end(0, {"loss": float("nan")})
+    assert not (tmp_path / "fit_checkpoint.npz").exists()
+    checkpoint.on_epoch_end(2, {"loss": 0.5})  # epochs 1..3 done
+    trained = [w.copy() for w in model.get_weights()]
+    fresh = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    fresh.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    assert EpochCheckpoint(tmp_path, seed=1).restore(fresh) == 0  # another run's: ignored
+    assert EpochCheckpoint(tmp_path, seed=0).restore(fresh) == 3
+    for a, b in zip(trained, fresh.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

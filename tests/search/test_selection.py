@@ -86,6 +86,24 @@ def test_over_budget_plans_are_repaired_only_when_asked_and_the_repair_is_record
         CANDIDATES[1].plan.check(BUDGET)  # the candidate itself is left as it was
 
 
+def test_fill_scales_each_kept_plan_to_spend_the_budget():
+    short = shortlist(CANDIDATES, 10, BUDGET, fill=True)
+    # ranked as without fill; b is over the budget; filled d equals "a again" (and a), so
+    # those are duplicates of the plan already taken
+    assert [e.candidate.info["name"] for e in short.entries] == ["c", "d", "e"]
+    assert short.duplicates == 2
+    assert all(e.filled and not e.repaired for e in short.entries)
+    by_name = {e.candidate.info["name"]: e.plan for e in short.entries}
+    # d (all 1s, 6 of 12) doubles to all 2s; e ([2,1,1],[1,1,1], 7): factor 1.5 gives
+    # [3,1,1],[1,1,1] = 8, and the 4 units left go to the largest rows first, then in order
+    assert by_name["d"] == plan([2, 2, 2], [2, 2, 2])
+    assert by_name["e"] == plan([4, 2, 2], [2, 1, 1])
+    assert by_name["c"] == plan([3, 2, 1], [3, 2, 1])  # spends the budget already
+    for p in short.plans:
+        p.check(BUDGET)
+    assert not shortlist(CANDIDATES, 3, BUDGET).entries[0].filled
+
+
 def test_a_target_without_a_candidate_within_its_budget_is_missed_not_relaxed(tmp_path):
     tight = Budget(max_params=5, d_max=4)  # every candidate needs >= 6
     short = shortlist(CANDIDATES, 3, tight)

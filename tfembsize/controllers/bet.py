@@ -31,9 +31,12 @@ from tfembsize.search.selection import (
 )
 from tfembsize.surrogates.deepsets import FEATURES, DeepSetsSurrogate, SortedSizes
 
-__all__ = ["BETController", "ArchivedAction", "Archive", "STRATEGIES"]
+__all__ = ["BETController", "ArchivedAction", "Archive", "SEARCH_STARTS", "STRATEGIES"]
 
 logger = logging.getLogger(__name__)
+
+SEARCH_STARTS = ("full", "scratch")
+"""Where a BET search iteration's training starts: the pretrained full model, or scratch."""
 
 
 class BETController(Controller):
@@ -88,6 +91,11 @@ class BETController(Controller):
         surrogate_min_learning_rate: floor (0.002).
         surrogate_features: ``"frequency"`` (paper) or ``"constant"`` (an ablation whose
             surrogate sees only the sizes).
+        search_start: where each search iteration's training starts: ``"full"`` (the
+            paper: fine-tune the pretrained full model, ``mode="snapshot"``) or
+            ``"scratch"`` (train h epochs from a fresh initialisation, ``mode="scratch"``).
+            Fine-tuning is cheaper; a short training from scratch scores an action the way
+            its final retraining will use it.
         seed: seed of every draw and of the surrogate's initial weights.
 
     Example:
@@ -131,6 +139,7 @@ class BETController(Controller):
         surrogate_learning_rate_decay: float = 0.9,
         surrogate_min_learning_rate: float = 0.002,
         surrogate_features: str = "frequency",
+        search_start: str = "full",
         seed: int | None = None,
     ) -> None:
         super().__init__(sparsity, seed=seed)
@@ -175,6 +184,11 @@ class BETController(Controller):
             raise ValueError(
                 f"`surrogate_features` must be one of {FEATURES}. Received: {surrogate_features!r}"
             )
+        if search_start not in SEARCH_STARTS:
+            raise ValueError(
+                f"`search_start` must be one of {SEARCH_STARTS}. Received: "
+                f"search_start={search_start!r}"
+            )
         if isinstance(max_redraws, bool) or not isinstance(max_redraws, int) or max_redraws < 0:
             raise ValueError(f"`max_redraws` must be an integer >= 0. Received: {max_redraws!r}")
         self.search_iterations = int(search_iterations)
@@ -195,6 +209,7 @@ class BETController(Controller):
         self.surrogate_learning_rate_decay = float(surrogate_learning_rate_decay)
         self.surrogate_min_learning_rate = float(surrogate_min_learning_rate)
         self.surrogate_features = surrogate_features
+        self.search_start = search_start
         self._searches = [
             _Search(c, self.child_rng(2, sparsity_key(c)), None) for c in self.sparsities
         ]
@@ -208,10 +223,12 @@ class BETController(Controller):
     def get_config(self) -> dict:
         """The constructor arguments.
 
-        ``monitor`` is listed only when it is not the default, so states saved before it
-        existed still restore.
+        ``monitor`` and ``search_start`` are listed only when they are not the default, so
+        states saved before they existed still restore.
         """
         monitor = {} if self.monitor == _DEFAULT_MONITOR else {"monitor": self.monitor}
+        if self.search_start != "full":
+            monitor["search_start"] = self.search_start
         return {
             **super().get_config(),
             **monitor,
@@ -411,7 +428,7 @@ class BETController(Controller):
         )
         return Decision(
             plan=self._known_problem().plan_from_sizes(users, items),
-            mode="snapshot",
+            mode="snapshot" if self.search_start == "full" else "scratch",
             budget=budget,
             phase="search",
             info={

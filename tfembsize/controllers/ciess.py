@@ -587,14 +587,23 @@ class CIESSController(Controller):
             return []
         return archived_candidates(self._archive, self._known_problem(), c, limit)
 
-    def _shortlist(self, c: float, k: int) -> Shortlist:
+    def _shortlist(self, c: float, k: int, fill: bool = False) -> Shortlist:
         """The top ``k`` archived masks within B(c) (each asserted by `shortlist`)."""
-        return shortlist(self.candidates(c, limit=k), k, self._known_problem().budget(c))
+        return shortlist(self.candidates(c, limit=k), k, self._known_problem().budget(c), fill=fill)
 
-    def top_masks(self, sparsity: float, k: int | None = None) -> Shortlist:
-        """The masks the selective retraining takes for ``sparsity`` (default ``top_k``)."""
+    def top_masks(self, sparsity: float, k: int | None = None, *, fill: bool = False) -> Shortlist:
+        """The masks the selective retraining takes for ``sparsity`` (default ``top_k``).
+
+        Args:
+            sparsity: a target sparsity of this controller.
+            k: how many (default ``top_k``).
+            fill: scale each mask to spend the budget B(c) (`SizePlan.scaled_to`): the
+                search ranks masks by quality alone, so at high sparsity the best ones can
+                use a fraction of the budget. Not part of CIESS; the paper retrains the
+                masks as archived (False).
+        """
         k = self.top_k if k is None else positive_int("k", k)
-        return self._shortlist(self._check_sparsity(sparsity), k)
+        return self._shortlist(self._check_sparsity(sparsity), k, fill=bool(fill))
 
     def retrain_values(self, sparsity: float) -> list[float | None]:
         """The validation ``monitor`` values of the retrained masks, in search-rank order."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -268,20 +269,36 @@ def bpr_dataset(
         b = sampler.sample_at(int(step), batch_size)
         return b["user"], b["pos_item"], b["neg_item"]
 
+    start = int(start_step)
+    if num_steps is None:
+        steps = tf.data.Dataset.counter(start, dtype=tf.int64)
+    else:
+        steps = tf.data.Dataset.range(start, start + num_steps)
+    return _triples_dataset(steps, draw, batch_size=batch_size, name="bpr_sample")
+
+
+def _triples_dataset(
+    steps: tf.data.Dataset,
+    draw: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    batch_size: int | None,
+    name: str,
+) -> tf.data.Dataset:
+    """Maps a dataset of step indices through a numpy ``draw(step) -> (user, pos, neg)``.
+
+    Elements are ``{"user", "pos_item", "neg_item"}`` int32 tensors of shape ``[batch_size]``
+    (``None``: batches may differ in length).
+    """
+
     def to_batch(step: tf.Tensor) -> dict[str, tf.Tensor]:
         user, pos, neg = tf.numpy_function(
-            draw, [step], (tf.int32, tf.int32, tf.int32), stateful=False, name="bpr_sample"
+            draw, [step], (tf.int32, tf.int32, tf.int32), stateful=False, name=name
         )
         out = {"user": user, "pos_item": pos, "neg_item": neg}
         for t in out.values():
             t.set_shape([batch_size])
         return out
 
-    start = int(start_step)
-    if num_steps is None:
-        steps = tf.data.Dataset.counter(start, dtype=tf.int64)
-    else:
-        steps = tf.data.Dataset.range(start, start + num_steps)
     # Fixed, small buffers and no tf.data autotuning: the stream is endless and a batch costs
     # about a millisecond to draw, so two parallel draws and a few prefetched batches keep any
     # training step fed. With autotuning on (even with fixed buffers, tf.data runs a model

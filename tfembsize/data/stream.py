@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from tfembsize._checks import positive_int
 from tfembsize.data.interactions import Interactions
+from tfembsize.data.sampler import _triples_dataset
 
 __all__ = ["InteractionStream", "stream_dataset"]
 
@@ -174,18 +175,5 @@ def stream_dataset(
         b = stream.batch_at(int(step))
         return b["user"], b["pos_item"], b["neg_item"]
 
-    def to_batch(step: tf.Tensor) -> dict[str, tf.Tensor]:
-        user, pos, neg = tf.numpy_function(
-            draw, [step], (tf.int32, tf.int32, tf.int32), stateful=False, name="bpr_stream"
-        )
-        out = {"user": user, "pos_item": pos, "neg_item": neg}
-        for t in out.values():
-            t.set_shape([None])
-        return out
-
     steps = tf.data.Dataset.range(start, max(start, stream.num_steps))
-    ds = steps.map(to_batch, num_parallel_calls=2, deterministic=True).prefetch(4)
-    options = tf.data.Options()  # as bpr_dataset: no autotuning threads
-    options.autotune.enabled = False
-    options.experimental_optimization.inject_prefetch = False
-    return ds.with_options(options)
+    return _triples_dataset(steps, draw, batch_size=None, name="bpr_stream")

@@ -71,7 +71,7 @@ def _is_lightgcn_dir(path: Path) -> bool:
 def _add_method_options(p: argparse.ArgumentParser) -> dict[str, tuple[type, list]]:
     """One option per settings field of every registered option group."""
     from tfembsize.protocol.registry import option_groups
-    from tfembsize.protocol.settings import setting_options
+    from tfembsize.protocol.settings import parse_bool, setting_options
 
     groups = {}
     for group, (settings, methods) in option_groups().items():
@@ -80,6 +80,10 @@ def _add_method_options(p: argparse.ArgumentParser) -> dict[str, tuple[type, lis
             f"{group} options ({settings.__name__}; methods: {', '.join(methods)})"
         )
         for opt in options:
+            # A yes/no option given alone means yes (``--ciess-fill-budget``).
+            flag_alone: dict[str, Any] = (
+                {"nargs": "?", "const": True} if opt.parse is parse_bool else {}
+            )
             try:
                 section.add_argument(
                     *opt.flags,
@@ -88,6 +92,7 @@ def _add_method_options(p: argparse.ArgumentParser) -> dict[str, tuple[type, lis
                     default=None,
                     metavar=opt.metavar,
                     help=f"{opt.help} [default: {opt.default!r}]",
+                    **flag_alone,
                 )
             except argparse.ArgumentError as e:
                 raise ValueError(

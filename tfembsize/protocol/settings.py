@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "parse_bool",
     "SettingOption",
     "setting",
     "check_settings_class",
@@ -152,7 +153,12 @@ class SettingOption:
     metavar: str
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """A yes/no command-line value: 1/true/yes/on or 0/false/no/off (any case).
+
+    Raises:
+        ValueError: any other text.
+    """
     t = text.strip().lower()
     if t in _TRUE:
         return True
@@ -172,7 +178,7 @@ def _parser_for(
         if len(args) == 1:
             hint = args[0]
     if hint is bool:
-        return _parse_bool, "BOOL"
+        return parse_bool, "BOOL"
     if hint in (int, float, str):
         return hint, hint.__name__.upper()
     raise TypeError(

@@ -28,6 +28,7 @@ from tfembsize.search.environment import (
     model_scorer,
 )
 from tfembsize.search.evaluation import TowerEvaluator, feedback_from_evaluation
+from tfembsize.search.fit_checkpoint import EpochCheckpoint
 from tfembsize.search.fit_environment import FitEnvironment
 from tfembsize.search.loop import SearchResult, load_history, run, step_score
 
@@ -36,6 +37,7 @@ __all__ = [
     "StatefulEnvironment",
     "KerasEnvironment",
     "FitEnvironment",
+    "EpochCheckpoint",
     "TowerEvaluator",
     "count_frequencies",
     "feedback_from_evaluation",

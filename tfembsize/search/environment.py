@@ -58,13 +58,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from tfembsize import _io
 from tfembsize.layers.utils import find_searchable_layers, iter_layers, model_usage
 from tfembsize.plan import SizePlan
 from tfembsize.records import MODES, Feedback, Observation
+from tfembsize.search._reference import ReferenceStore
 from tfembsize.training.outcome import Outcome
 from tfembsize.training.plan_training import accepts_keyword, model_scorer, train_plan
-from tfembsize.training.weights import assign_weights, get_weights, load_weights, save_weights
+from tfembsize.training.weights import assign_weights, get_weights
 
 __all__ = [
     "Environment",
@@ -76,8 +76,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_STATE_FORMAT = "tfembsize.KerasEnvironment"
 
 
 @runtime_checkable
@@ -230,7 +228,7 @@ def _build_searchable(model: Any) -> None:
 
 
 # KerasEnvironment --------------------------------------------------------------------------
-class KerasEnvironment:
+class KerasEnvironment(ReferenceStore):
     """The reference search environment for Keras recommenders trained with BPR.
 
     ``step(plan, mode)`` applies a `SizePlan` to the model's searchable layers, trains with
@@ -285,6 +283,8 @@ class KerasEnvironment:
         >>> fb.quality_ratio  # doctest: +SKIP
         0.93
     """
+
+    _STATE_FORMAT = "tfembsize.KerasEnvironment"
 
     def __init__(
         self,
@@ -624,70 +624,6 @@ class KerasEnvironment:
     def _scope(self) -> Any:
         """The strategy's scope (a no-op context without a strategy)."""
         return contextlib.nullcontext() if self.strategy is None else self.strategy.scope()
-
-    # Persistence ---------------------------------------------------------------------------
-    def attach(self, directory: str) -> None:
-        """Stores the reference model in ``directory`` (and reloads one found there)."""
-        os.makedirs(directory, exist_ok=True)
-        self._directory = directory
-        if self._reference is None and self._want_reference:
-            for d in self._reference_directories():
-                if self._load_reference(d):
-                    break
-        if self._reference_weights is not None:
-            for d in self._reference_directories():
-                self._save_reference(d)
-
-    def _reference_directories(self) -> list[str]:
-        return [d for d in (self._reference_dir, self._directory) if d is not None]
-
-    def _save_reference(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
-        if os.path.exists(os.path.join(directory, "reference.npz")):
-            return  # written once; the reference never changes
-        if self._reference_weights is None or self._reference is None:
-            raise RuntimeError("KerasEnvironment: there is no pretrained reference to store.")
-        save_weights(os.path.join(directory, "reference_weights.npz"), self._reference_weights)
-        self._reference.save(os.path.join(directory, "reference.npz"))
-
-    def _load_reference(self, directory: str) -> bool:
-        fb_path = os.path.join(directory, "reference.npz")
-        w_path = os.path.join(directory, "reference_weights.npz")
-        if not (os.path.exists(fb_path) and os.path.exists(w_path)):
-            return False
-        weights = load_weights(w_path)
-        assign_weights(self._model, weights)  # validates the shapes against the model
-        self._reference_weights = weights
-        if self._snapshot is None:
-            self._snapshot = weights
-        self._reference = Feedback.load(fb_path)
-        logger.info("Loaded the reference model from %s.", directory)
-        return True
-
-    def save_state(self, directory: str) -> None:
-        """Writes the step counter and the current weights (for ``"continue"`` steps)."""
-        os.makedirs(directory, exist_ok=True)
-        save_weights(os.path.join(directory, "weights.npz"), get_weights(self._model))
-        own_snapshot = self._snapshot is not None and self._snapshot is not self._reference_weights
-        if own_snapshot and self._snapshot is not None:
-            save_weights(os.path.join(directory, "snapshot.npz"), self._snapshot)
-        _io.write_json(
-            os.path.join(directory, "state.json"),
-            {"steps_done": self._steps_done, "seed": self.seed, "snapshot": own_snapshot},
-            format=_STATE_FORMAT,
-        )
-
-    def load_state(self, directory: str) -> None:
-        """Reads a state written by `save_state`."""
-        state = _io.read_json(
-            os.path.join(directory, "state.json"), format=_STATE_FORMAT, what="environment state"
-        )
-        self._steps_done = int(state["steps_done"])
-        if state.get("snapshot"):
-            self._snapshot = load_weights(os.path.join(directory, "snapshot.npz"))
-        path = os.path.join(directory, "weights.npz")
-        if os.path.exists(path):
-            assign_weights(self._model, load_weights(path))
 
     def __repr__(self) -> str:
         ref = "none" if self._reference is None else f"{self._reference.quality:.4f}"

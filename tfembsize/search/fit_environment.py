@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,29 +21,23 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfembsize import _io
 from tfembsize._keras import keras
 from tfembsize.layers.utils import find_searchable_layers, iter_layers
 from tfembsize.plan import SizePlan
 from tfembsize.records import MODES, Feedback, Observation
+from tfembsize.search._reference import ReferenceStore
 from tfembsize.search.entities import checked_frequencies, side_rows
 from tfembsize.search.environment import _build_searchable, _usable_params, infer_tables
 from tfembsize.search.evaluation import feedback_from_evaluation
-from tfembsize.training.weights import assign_weights, get_weights, load_weights, save_weights
+from tfembsize.search.fit_checkpoint import EpochCheckpoint
+from tfembsize.search.fit_checkpoint import optimizer_variables as _optimizer_variables
+from tfembsize.training.weights import assign_weights, get_weights
 
 __all__ = ["FitEnvironment"]
 
 logger = logging.getLogger(__name__)
 
-_STATE_FORMAT = "tfembsize.FitEnvironment"
 _RESERVED_FIT_KEYS = ("x", "y", "validation_split", "sample_weight")
-
-
-def _optimizer_variables(optimizer: Any) -> list[Any]:
-    variables = optimizer.variables
-    if callable(variables) and not isinstance(variables, list):
-        variables = variables()  # optimizers whose `variables` is a method
-    return list(variables)
 
 
 def _weights_finite(model: Any) -> bool:
@@ -50,6 +46,15 @@ def _weights_finite(model: Any) -> bool:
         if w.dtype.kind == "f" and not np.all(np.isfinite(w)):
             return False
     return True
+
+
+def _checked_verbose(verbose: Any) -> int:
+    if isinstance(verbose, bool) or not isinstance(verbose, (int, np.integer)) or verbose < 0:
+        raise ValueError(
+            f"`verbose` must be 0 (silent), 1 (progress bar) or 2 (one line per epoch). "
+            f"Received: verbose={verbose!r}"
+        )
+    return int(verbose)
 
 
 def _checked_fit_kwargs(name: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -69,7 +74,7 @@ def _checked_fit_kwargs(name: str, value: Mapping[str, Any] | None) -> dict[str,
     return dict(value)
 
 
-class FitEnvironment:
+class FitEnvironment(ReferenceStore):
     """A search environment that trains a model of your own with its own ``fit``.
 
     ``build_model()`` returns a fresh, compiled Keras model (your optimizer, your loss, your
@@ -102,7 +107,17 @@ class FitEnvironment:
     trained once with ``reference_fit_kwargs``; its evaluation is the denominator of the
     quality ratios, and its weights are the snapshot that ``"snapshot"`` steps start from
     (BET's pretrained model). The search loop stores it in the run directory, so a resumed
-    search does not train it again.
+    search does not train it again; while it trains, the weights and optimizer state are
+    saved there after every epoch (`EpochCheckpoint`), so a process killed during the
+    pretraining resumes it after its last finished epoch (with the user's other callbacks
+    starting afresh) instead of starting over.
+
+    **Progress.** ``verbose`` (or, when it is None, the ``verbose`` of
+    `tfembsize.search.run`, 0 elsewhere) is passed to every ``model.fit`` and metric-name
+    ``model.evaluate`` whose ``*fit_kwargs`` do not set one: 1 shows Keras's progress bar,
+    2 one line per epoch. Each phase (the pretraining, a search step's training and
+    evaluation, a final retraining) also reports its elapsed time in one line: written to
+    standard output next to Keras's progress when ``verbose`` > 0, logged at INFO otherwise.
 
     **Resuming.** The environment saves its step counter and weights after every step; step
     t seeds Python, NumPy and TensorFlow with ``seed + 1 + t`` before building and training.
@@ -124,8 +139,8 @@ class FitEnvironment:
         tables: layer name -> ``"user"`` / ``"item"`` for every searchable layer.
         validation_data: the data of a metric-name ``evaluate`` (a dataset or a function
             returning one).
-        fit_kwargs: ``model.fit`` arguments of a search step (default ``{"verbose": 0}``, one
-            epoch).
+        fit_kwargs: ``model.fit`` arguments of a search step (default: one epoch, with the
+            environment's ``verbose``).
         reference_fit_kwargs: ``model.fit`` arguments of the reference pretraining (default
             ``fit_kwargs``).
         final_fit_kwargs: ``model.fit`` arguments of ``phase="final"`` steps, full trainings
@@ -136,6 +151,8 @@ class FitEnvironment:
         seed: base seed of the steps.
         reference_directory: a directory the reference (weights and feedback) is also read
             from and written to, to share it between searches of the same model and data.
+        verbose: 0 silent (phases logged at INFO), 1 Keras progress bars, 2 one line per
+            epoch; None (default) takes the ``verbose`` of `tfembsize.search.run`.
 
     Raises:
         TypeError: ``build_model`` is not a function returning a compiled Keras model,
@@ -155,6 +172,8 @@ class FitEnvironment:
         ...                               "runs/bet")  # doctest: +SKIP
     """
 
+    _STATE_FORMAT = "tfembsize.FitEnvironment"
+
     def __init__(
         self,
         build_model: Callable[[], Any],
@@ -170,7 +189,10 @@ class FitEnvironment:
         reference: bool | Feedback = True,
         seed: int = 0,
         reference_directory: str | os.PathLike[str] | None = None,
+        verbose: int | None = None,
     ) -> None:
+        self._verbose = None if verbose is None else _checked_verbose(verbose)
+        self._default_verbose = 0
         if not callable(build_model) or hasattr(build_model, "weights"):
             raise TypeError(
                 "`build_model` must be a zero-argument function returning a new compiled model "
@@ -253,6 +275,24 @@ class FitEnvironment:
     def model(self) -> Any:
         """The model of the last step (a new one after every ``"scratch"`` step)."""
         return self._model
+
+    @property
+    def verbose(self) -> int:
+        """The verbosity in use: the constructor's, else the search loop's (0 by default)."""
+        return self._default_verbose if self._verbose is None else self._verbose
+
+    def set_default_verbose(self, verbose: int) -> None:
+        """The verbosity to use when the constructor's ``verbose`` is None (`run` sets it)."""
+        self._default_verbose = _checked_verbose(verbose)
+
+    def _announce(self, message: str, *args: Any) -> None:
+        """One progress line: on standard output (next to Keras's bars) when verbose, else INFO."""
+        if self.verbose > 0:
+            sys.stdout.write((message % args if args else message) + "\n")
+            sys.stdout.flush()
+            logger.debug(message, *args)
+        else:
+            logger.info(message, *args)
 
     @staticmethod
     def _seed_everything(seed: int) -> None:
@@ -349,12 +389,18 @@ class FitEnvironment:
         for directory in self._reference_directories():
             if self._load_reference(directory):
                 return self._reference
-        logger.info("Training the full-size reference model.")
         t0 = time.perf_counter()
         self._seed_everything(self.seed - 1)
         self._fresh_model()
         self.full_plan().apply(self._model)
-        steps, loss, message = self._fit(self.reference_fit_kwargs)
+        # With a directory, every finished epoch is saved: a killed process resumes there.
+        checkpoint = self._reference_checkpoint()
+        self._announce(
+            "Pretraining the full-size reference model: %s epoch(s) of fit.",
+            self.reference_fit_kwargs.get("epochs", 1),
+        )
+        steps, loss, message = self._fit(self.reference_fit_kwargs, checkpoint=checkpoint)
+        trained = time.perf_counter() - t0
         if message:
             raise FloatingPointError(
                 f"Training the full-size reference model diverged ({message}); lower the "
@@ -377,8 +423,24 @@ class FitEnvironment:
             self._snapshot = self._reference_weights
         for directory in self._reference_directories():
             self._save_reference(directory)
-        logger.info("Reference model: validation quality %.5f.", feedback.quality)
+        if checkpoint is not None:
+            shutil.rmtree(checkpoint.directory, ignore_errors=True)  # the reference replaces it
+        self._announce(
+            "Pretrained the reference model in %.1fs (training %.1fs, evaluation %.1fs): "
+            "validation quality %.5f.",
+            time.perf_counter() - t0,
+            trained,
+            time.perf_counter() - t0 - trained,
+            feedback.quality,
+        )
         return self._reference
+
+    def _reference_checkpoint(self) -> EpochCheckpoint | None:
+        """Where the reference pretraining saves its epochs (None: no directory known)."""
+        directories = self._reference_directories()
+        if not directories:
+            return None
+        return EpochCheckpoint(os.path.join(directories[0], "pretraining"), seed=self.seed)
 
     def snapshot(self) -> None:
         """Stores the current weights (sizes included) in memory."""
@@ -441,10 +503,13 @@ class FitEnvironment:
         plan.apply(self._model)
         usable = _usable_params(self._model)
         kwargs = self.final_fit_kwargs if phase == "final" else self.fit_kwargs
+        what = "Retraining" if phase == "final" else "Search step"
+        what = f"{what} {self._steps_done + 1} ({mode}, {usable:,} usable parameters)"
         steps, loss, message = self._fit(kwargs, train_steps=train_steps, train_epochs=train_epochs)
         self._steps_done += 1
         wall = time.perf_counter() - t0
         if message:
+            self._announce("%s failed after %.1fs: %s.", what, wall, message)
             return Feedback.failed(
                 f"{message} (mode={mode!r}, {usable} usable parameters, {steps} steps).",
                 usable_params=usable,
@@ -453,7 +518,7 @@ class FitEnvironment:
                 train_steps=steps,
                 info={"phase": phase},
             )
-        return self._feedback(
+        feedback = self._feedback(
             reference=reference,
             usable_params=usable,
             wall_time=time.perf_counter() - t0,
@@ -462,6 +527,15 @@ class FitEnvironment:
             loss=loss,
             info={"phase": phase},
         )
+        self._announce(
+            "%s: trained %d batches in %.1fs, evaluated in %.1fs: quality %.5f.",
+            what,
+            steps,
+            wall,
+            time.perf_counter() - t0 - wall,
+            feedback.quality,
+        )
+        return feedback
 
     def evaluate(self) -> Feedback:
         """Evaluates the current model without training."""
@@ -489,14 +563,25 @@ class FitEnvironment:
         *,
         train_steps: int | None = None,
         train_epochs: float | None = None,
+        checkpoint: EpochCheckpoint | None = None,
     ) -> tuple[int, float | None, str]:
-        """Trains with ``model.fit``; returns (optimizer steps, last loss, failure message)."""
+        """Trains with ``model.fit``; returns (optimizer steps, last loss, failure message).
+
+        With a ``checkpoint`` (whole epochs only), the fit continues after the epochs it
+        saved and saves every epoch it finishes.
+        """
         self._reset_optimizer()
         ds = self._dataset(self._train_data, "train_data")
         kw = dict(kwargs)
-        kw.setdefault("verbose", 0)
+        kw.setdefault("verbose", self.verbose)
         kw.setdefault("shuffle", False)  # fit never shuffles a dataset (Keras 3 warns if asked)
         callbacks = [*list(kw.pop("callbacks", None) or []), keras.callbacks.TerminateOnNaN()]
+        if checkpoint is not None and train_steps is None and train_epochs is None:
+            done = checkpoint.restore(self._model)
+            if done:
+                kw["initial_epoch"] = max(done, int(kw.get("initial_epoch", 0)))
+                self._announce("Resuming the fit after epoch %d of %s.", done, kw.get("epochs", 1))
+            callbacks.insert(0, checkpoint)  # first: an epoch is saved before anything stops
         if train_epochs is not None:
             epochs = float(train_epochs)
             if epochs == int(epochs) and "steps_per_epoch" not in kw:
@@ -520,7 +605,7 @@ class FitEnvironment:
     def _quality(self) -> Any:
         if isinstance(self._evaluate_arg, str):
             ds = self._dataset(self._validation_data, "validation_data")
-            results = self._model.evaluate(ds, return_dict=True, verbose=0)
+            results = self._model.evaluate(ds, return_dict=True, verbose=self.verbose)
             if self._evaluate_arg not in results:
                 raise ValueError(
                     f"`evaluate`={self._evaluate_arg!r} is not a metric of model.evaluate; it "
@@ -538,70 +623,6 @@ class FitEnvironment:
             reference=reference,
             **fields,
         )
-
-    # Persistence ---------------------------------------------------------------------------
-    def attach(self, directory: str) -> None:
-        """Stores the reference model in ``directory`` (and reloads one found there)."""
-        os.makedirs(directory, exist_ok=True)
-        self._directory = directory
-        if self._reference is None and self._want_reference:
-            for d in self._reference_directories():
-                if self._load_reference(d):
-                    break
-        if self._reference_weights is not None:
-            for d in self._reference_directories():
-                self._save_reference(d)
-
-    def _reference_directories(self) -> list[str]:
-        return [d for d in (self._reference_dir, self._directory) if d is not None]
-
-    def _save_reference(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
-        if os.path.exists(os.path.join(directory, "reference.npz")):
-            return  # written once; the reference never changes
-        if self._reference_weights is None or self._reference is None:
-            raise RuntimeError("FitEnvironment: there is no trained reference to store.")
-        save_weights(os.path.join(directory, "reference_weights.npz"), self._reference_weights)
-        self._reference.save(os.path.join(directory, "reference.npz"))
-
-    def _load_reference(self, directory: str) -> bool:
-        fb_path = os.path.join(directory, "reference.npz")
-        w_path = os.path.join(directory, "reference_weights.npz")
-        if not (os.path.exists(fb_path) and os.path.exists(w_path)):
-            return False
-        weights = load_weights(w_path)
-        assign_weights(self._model, weights, source=f"The reference weights in {w_path}")
-        self._reference_weights = weights
-        if self._snapshot is None:
-            self._snapshot = weights
-        self._reference = Feedback.load(fb_path)
-        logger.info("Loaded the reference model from %s.", directory)
-        return True
-
-    def save_state(self, directory: str) -> None:
-        """Writes the step counter, the current weights and a snapshot of one's own."""
-        os.makedirs(directory, exist_ok=True)
-        save_weights(os.path.join(directory, "weights.npz"), get_weights(self._model))
-        own_snapshot = self._snapshot is not None and self._snapshot is not self._reference_weights
-        if own_snapshot and self._snapshot is not None:
-            save_weights(os.path.join(directory, "snapshot.npz"), self._snapshot)
-        _io.write_json(
-            os.path.join(directory, "state.json"),
-            {"steps_done": self._steps_done, "seed": self.seed, "snapshot": own_snapshot},
-            format=_STATE_FORMAT,
-        )
-
-    def load_state(self, directory: str) -> None:
-        """Reads a state written by `save_state`."""
-        state = _io.read_json(
-            os.path.join(directory, "state.json"), format=_STATE_FORMAT, what="environment state"
-        )
-        self._steps_done = int(state["steps_done"])
-        if state.get("snapshot"):
-            self._snapshot = load_weights(os.path.join(directory, "snapshot.npz"))
-        path = os.path.join(directory, "weights.npz")
-        if os.path.exists(path):
-            assign_weights(self._model, load_weights(path), source=f"The weights in {path}")
 
     def __repr__(self) -> str:
         ref = "none" if self._reference is None else f"{self._reference.quality:.4f}"

@@ -424,7 +424,9 @@ def run(
         iterations: total number of steps to reach (counting steps of a resumed run). None
             runs until the controller is done; with neither, the loop raises ValueError.
         overwrite: delete an existing run in ``directory`` and start again.
-        verbose: 0 silent, 1 progress bar, 2 one line per step.
+        verbose: 0 silent, 1 progress bar, 2 one line per step. An environment with a
+            ``set_default_verbose`` method (`FitEnvironment`) gets it too, for the progress
+            of its own training (pretraining included) unless it was given one itself.
         tensorboard: write ``tf.summary`` scalars to ``directory/tensorboard``.
         callbacks: extra `SearchCallback` objects.
 
@@ -484,6 +486,9 @@ def run(
     else:
         open(history_path, "w").close()
 
+    share_verbose = getattr(env, "set_default_verbose", None)
+    if callable(share_verbose):  # e.g. FitEnvironment: its fits show progress as asked here
+        share_verbose(verbose)
     base = env.observation()  # may pretrain the reference model (persisted by the env)
     budgets = {c: Budget(sparsity=c, d_max=base.d_max) for c in controller.sparsities}
     cbs: list[SearchCallback] = [LoggingCallback()]

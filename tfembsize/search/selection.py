@@ -114,14 +114,17 @@ class ShortlistEntry:
     Attributes:
         candidate: the candidate as proposed.
         index: its position in the list given to `shortlist`.
-        plan: the plan to retrain: the candidate's, or its repair.
+        plan: the plan to retrain: the candidate's, its repair, or its scaling to the budget.
         repaired: True if the candidate's plan was over its budget and was repaired.
+        filled: True if the plan is the candidate's scaled to spend the budget
+            (`SizePlan.scaled_to`).
     """
 
     candidate: Candidate
     index: int
     plan: SizePlan
     repaired: bool = False
+    filled: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -212,6 +215,7 @@ def shortlist(
     *,
     repair: bool = False,
     priority: Mapping[str, Any] | None = None,
+    fill: bool = False,
 ) -> Shortlist:
     """The top ``k`` distinct candidates within ``budget``, best search rank first.
 
@@ -227,6 +231,9 @@ def shortlist(
         budget: the target's budget.
         repair: repair plans over the budget instead of dropping them.
         priority: row priorities for the repair (see `SizePlan.repair`).
+        fill: replace each plan that fits the budget by its scaling to spend the budget
+            (`SizePlan.scaled_to`; marked `ShortlistEntry.filled`). Candidates are still
+            ranked, and kept or dropped, as proposed.
 
     Returns:
         A `Shortlist` (empty, i.e. `Shortlist.missed`, when no candidate fits).
@@ -261,10 +268,13 @@ def shortlist(
             except BudgetInfeasibleError as err:
                 rejected.append({"index": i, "score": candidate.score, "reason": str(err)})
                 continue
+        filled = False
+        if fill and not repaired:
+            plan, filled = plan.scaled_to(budget), True
         if any(plan == e.plan for e in entries):
             duplicates += 1
             continue
-        entries.append(ShortlistEntry(candidate, i, plan, repaired))
+        entries.append(ShortlistEntry(candidate, i, plan, repaired, filled))
     for entry in entries:
         entry.plan.check(budget)  # the guarantee, asserted on what will be retrained
     if rejected:

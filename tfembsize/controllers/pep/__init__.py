@@ -19,7 +19,10 @@ The pieces:
 * `prune`: the pruning phase for a `tfembsize.models` backbone: `train_bpr` with the
   controller as hook, checkpointed and resumable;
 * `ticket_model`, `retrain_ticket`: the lottery ticket and its retraining with `train_bpr`;
-* `run_pep`: everything for a list of sparsities (what the paper protocol calls).
+* `run_pep`: everything for a list of sparsities (what the paper protocol calls);
+* `mask_overlap`, `prefix_masks`: how many kept coordinates a user and an item share (what
+  a dot-product score uses), and the per-row prefix masks of the same counts
+  (``PEPConfig(ticket="prefix")``).
 
 References:
     Liu et al., "Learnable Embedding Sizes for Recommender Systems", ICLR 2021.
@@ -27,6 +30,7 @@ References:
 
 from tfembsize.controllers.pep.config import PEPConfig
 from tfembsize.controllers.pep.controller import PEPController
+from tfembsize.controllers.pep.overlap import MaskOverlap, mask_overlap, prefix_masks
 from tfembsize.controllers.pep.pruning import prune, run_pep
 from tfembsize.controllers.pep.results import PEPCapture, PEPPruneResult, PEPResult
 from tfembsize.controllers.pep.tickets import pep_model, retrain_ticket, ticket_model
@@ -37,6 +41,9 @@ __all__ = [
     "PEPPruneResult",
     "PEPResult",
     "PEPController",
+    "MaskOverlap",
+    "mask_overlap",
+    "prefix_masks",
     "pep_model",
     "prune",
     "ticket_model",

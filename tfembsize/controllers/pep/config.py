@@ -21,7 +21,10 @@ from tfembsize.layers.pep_embedding import (
 from tfembsize.optimizers import PEPAdam
 from tfembsize.training.config import TrainConfig
 
-__all__ = ["PEPConfig"]
+__all__ = ["PEPConfig", "TICKETS"]
+
+TICKETS = ("entries", "prefix")
+"""What a PEP retraining keeps: the captured entries, or per-row prefixes of the same counts."""
 
 
 def _sparsity_tag(sparsity: float) -> str:
@@ -87,6 +90,11 @@ class PEPConfig(DictConfig):
             that many steps late, with a sparser mask, never an over-budget one).
         rewind: ``"initial"`` (lottery ticket: ``E0 * M``) or ``"fresh"`` (a new
             initialisation ``* M``) for the retraining.
+        ticket: which entries the retraining keeps: ``"entries"`` (PEP: the captured
+            per-entry mask) or ``"prefix"`` (each row keeps its first ``k_n`` coordinates,
+            ``k_n`` its captured count: the same usable parameters, with the kept
+            coordinates of a user and an item aligned, so a dot-product score uses
+            ``min(k_u, k_i)`` of them; see `tfembsize.controllers.pep.mask_overlap`).
         jit_compile: compile each pruning step (the budget check included) with XLA, as
             retraining does with ``TrainConfig(jit_compile=True)``.
     """
@@ -104,6 +112,7 @@ class PEPConfig(DictConfig):
     chunk_steps: int = 1000
     check_every: int = 1
     rewind: str = "initial"
+    ticket: str = "entries"
     jit_compile: bool = False
 
     def __post_init__(self) -> None:
@@ -141,6 +150,8 @@ class PEPConfig(DictConfig):
             raise ValueError(
                 f"`jit_compile` must be True or False. Received: jit_compile={self.jit_compile!r}"
             )
+        if self.ticket not in TICKETS:
+            raise ValueError(f"`ticket` must be one of {TICKETS}. Received: ticket={self.ticket!r}")
         if self.rewind not in ("initial", "fresh"):
             raise ValueError(
                 f"`rewind` must be 'initial' or 'fresh'. Received: rewind={self.rewind!r}"

@@ -10,6 +10,7 @@ import numpy as np
 from tfembsize._keras import keras
 from tfembsize.budget import Budget
 from tfembsize.controllers.pep.config import PEPConfig, _pep_layers
+from tfembsize.controllers.pep.overlap import prefix_masks
 from tfembsize.layers.pep_embedding import PEPEmbedding, find_pep_layers
 from tfembsize.optimizers import PEPAdam
 from tfembsize.training.loop import train_bpr
@@ -81,7 +82,9 @@ def ticket_model(
     The backbone is rebuilt with ``seed`` (so its other weights get the pruning run's
     initialisation), converted with `pep_model`, and every PEP table is frozen on its mask
     with ``E = E0 * M`` (``rewind="initial"``) or a fresh initialisation ``* M``
-    (``rewind="fresh"``, the tables of the backbone built with ``seed + 1``).
+    (``rewind="fresh"``, the tables of the backbone built with ``seed + 1``). With
+    ``config.ticket="prefix"`` each mask is first replaced by per-row prefixes of the same
+    counts (`tfembsize.controllers.pep.prefix_masks`).
     """
     config = config or PEPConfig()
     model = _build(backbone_builder, seed, config)
@@ -90,6 +93,8 @@ def ticket_model(
         fresh = find_pep_layers(_build(backbone_builder, seed + 1, config))
         keras.utils.set_random_seed(int(seed))
     layers = find_pep_layers(model)
+    if config.ticket == "prefix":
+        masks = prefix_masks(dict(masks))
     if sorted(layers) != sorted(masks):
         raise ValueError(
             f"The masks are for tables {sorted(masks)}; the model has {sorted(layers)}."

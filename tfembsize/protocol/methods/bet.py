@@ -51,6 +51,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tfembsize.errors import TargetMissedError
 from tfembsize.protocol.context import MethodContext, MethodOutput
 from tfembsize.protocol.registry import register_method
 from tfembsize.protocol.selective import retrain_top
@@ -92,6 +93,9 @@ class BETSettings:
         num_candidates: m, candidates sampled per iteration.
         finetune_epochs: h, fine-tuning epochs per iteration.
         top_k: K, actions retrained from scratch per sparsity.
+        search_start: where each search iteration trains from: ``"full"`` (fine-tune the
+            pretrained full model with BET's decaying rate, the paper) or ``"scratch"`` (h
+            epochs from a fresh initialisation with the protocol recipe).
     """
 
     search_iterations: int = setting(
@@ -106,12 +110,24 @@ class BETSettings:
         aliases=("--bet-epochs",),
     )
     top_k: int = setting(5, help="BET: K, actions retrained from scratch per sparsity")
+    search_start: str = setting(
+        "full",
+        help=(
+            "BET: where each search iteration trains from: 'full' (fine-tune the pretrained "
+            "full model, the paper) or 'scratch' (h epochs from a fresh initialisation)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         for name in ("search_iterations", "num_candidates", "top_k"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+        if self.search_start not in ("full", "scratch"):
+            raise ValueError(
+                "`search_start` must be 'full' or 'scratch'. Received: "
+                f"search_start={self.search_start!r}"
+            )
         h = self.finetune_epochs
         if isinstance(h, bool) or not isinstance(h, (int, float)) or not h > 0:
             raise ValueError(
@@ -175,10 +191,18 @@ def bet_controller(
         num_candidates=settings.num_candidates,
         finetune_epochs=settings.finetune_epochs,
         top_k=settings.top_k,
+        search_start=settings.search_start,
         retrain=False,
         seed=int(seed),
         **variant,
     )
+
+
+def _search_config(ctx: MethodContext, settings: BETSettings) -> Any:
+    """The recipe of a search iteration: BET's fine-tuning, or the protocol's from scratch."""
+    if settings.search_start == "full":
+        return bet_finetune_config(ctx.train_config)
+    return ctx.train_config.replace(evaluate_test=False, refit=False)
 
 
 def _search(ctx: MethodContext, settings: BETSettings, variant: Mapping[str, Any]) -> tuple:
@@ -192,7 +216,7 @@ def _search(ctx: MethodContext, settings: BETSettings, variant: Mapping[str, Any
     else:  # a cell outside the run's list: a search of its own
         sparsities, directory = (float(ctx.sparsity),), os.path.join(ctx.directory, "search")
     controller = bet_controller(sparsities, ctx.seed, settings, **variant)
-    env = ctx.environment(train_config=bet_finetune_config(ctx.train_config))
+    env = ctx.environment(train_config=_search_config(ctx, settings))
     result = run(controller, env, directory, verbose=0, tensorboard=True)
     if not result.finished:
         raise RuntimeError(f"The BET search in {directory} did not finish.")
@@ -224,7 +248,7 @@ def bet_method(**variant: Any) -> Callable[[MethodContext], MethodOutput]:
             raise ValueError("BET needs a target sparsity; the cell has none.")
         short = shortlist(archived, settings.top_k, budget)  # each asserted in B(c)
         if short.missed:
-            raise RuntimeError(
+            raise TargetMissedError(
                 f"BET missed c={c:g}: no archived action is within the budget "
                 f"({budget.describe()}); the budget is not relaxed."
             )
@@ -260,7 +284,8 @@ def bet_method(**variant: Any) -> Callable[[MethodContext], MethodOutput]:
             "m": settings.num_candidates,
             "h": settings.finetune_epochs,
             "K": settings.top_k,
-            "finetune_recipe": bet_finetune_config(ctx.train_config).to_dict(),
+            "search_start": settings.search_start,
+            "finetune_recipe": _search_config(ctx, settings).to_dict(),
             "search_directory": os.path.relpath(directory, ctx.root or ctx.directory),
             "search_iterations_done": len(archive),
             "search_steps_all": len(result.history),

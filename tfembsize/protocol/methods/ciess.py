@@ -77,6 +77,9 @@ class CIESSSettings:
             ablation noises).
         top_k: l, masks retrained from scratch per sparsity.
         monitor: what the retrained winner is chosen by.
+        fill_budget: scale each of the top l masks to spend the budget B(c) before it is
+            retrained (`tfembsize.plan.SizePlan.scaled_to`; not in the paper). The search
+            and its ranking are unchanged, so a finished search can be reused.
     """
 
     episodes: int = setting(30, help="CIESS: M, episodes")
@@ -93,6 +96,11 @@ class CIESSSettings:
     )
     top_k: int = setting(3, help="CIESS: l, masks retrained from scratch per sparsity")
     monitor: str = setting("entity_ratio", help="CIESS: retrained winner by this validation value")
+    fill_budget: bool = setting(
+        False,
+        help="CIESS: scale the top l masks to spend the budget before retraining (not in "
+        "the paper)",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.train_steps, bool) or self.train_steps < 0:
@@ -169,7 +177,7 @@ def ciess_method(**variant: Any) -> Callable[[MethodContext], MethodOutput]:
         controller, result, env, directory = _search(ctx, settings, variant)
         c = float(ctx.sparsity)  # type: ignore[arg-type]  # checked by _search
         archive = controller.archive()
-        short = controller.top_masks(c)
+        short = controller.top_masks(c, fill=settings.fill_budget)
         budget = ctx.budget
         if short.missed or budget is None:
             smallest = float(archive.density.min()) if len(archive) else math.nan
@@ -194,7 +202,13 @@ def ciess_method(**variant: Any) -> Callable[[MethodContext], MethodOutput]:
         candidates = []
         for entry, rec in zip(short.entries, records, strict=True):
             candidates.append(
-                {**rec, "search_score": entry.candidate.score, **entry.candidate.info}
+                {
+                    **rec,
+                    "search_score": entry.candidate.score,
+                    "filled": entry.filled,
+                    "archived_params": entry.candidate.plan.total_params(),
+                    **entry.candidate.info,
+                }
             )
         eligible = archive.params <= controller.problem.max_params(c)
         info = {

@@ -173,10 +173,12 @@ def _method(ctx: MethodContext, capped: bool) -> MethodOutput:
         loss=run.train.final_loss,
     )
     retrained = Retrained(model, validation, run.train.steps, run.train.steps, wall, usable, rows)
+    sizes_path = _save_sizes(model, ctx.directory, run.controller, buckets)
     info = {
         "esapn": config.to_dict(),
         "stream_steps": run.steps,
         "sizes": summary,
+        "sizes_file": os.path.basename(sizes_path),
         "selection": "end of stream (no validation selection)",
     }
     logger.info(
@@ -188,6 +190,39 @@ def _method(ctx: MethodContext, capped: bool) -> MethodOutput:
         summary["sparsity_reached"],
     )
     return MethodOutput(retrained=retrained, info=info)
+
+
+def _save_sizes(model: Any, directory: str, controller: Any, buckets: int) -> str:
+    """Writes the end-of-stream row sizes and the policies' grow probabilities.
+
+    ``directory/esapn_sizes.npz`` holds every ladder layer's row sizes (named after the layer,
+    e.g. ``user_embedding``) and, per policy side (``user``, ``item``), the probability of
+    growing on a grid of running counts (``<side>_grid_counts``, about log-spaced) times
+    rungs below the top (``<side>_grow_probability``, ``[counts, rungs]``): with the split's
+    frequencies they explain the sizes-against-frequency view of the result.
+    """
+    from tfembsize import _io
+    from tfembsize.layers.utils import iter_layers
+
+    arrays: dict[str, np.ndarray] = {
+        layer.name: np.asarray(layer.sizes, np.int32)
+        for layer in iter_layers(model)
+        if getattr(layer, "_tfembsize_ladder", False)
+    }
+    grid = np.unique(np.round(np.geomspace(1, max(buckets - 1, 1), 40)).astype(np.int64))
+    grid = np.concatenate([[0], grid])
+    for side, policy in controller.policies.items():
+        rungs = int(policy.num_rungs) - 1
+        if rungs < 1:
+            continue
+        c = np.repeat(grid, rungs)
+        r = np.tile(np.arange(rungs), grid.size)
+        p = policy.probabilities(c, r)[:, 1].reshape(grid.size, rungs)
+        arrays[f"{side}_grid_counts"] = grid
+        arrays[f"{side}_grow_probability"] = p.astype(np.float32)
+    path = os.path.join(directory, "esapn_sizes.npz")
+    _io.write_npz(path, arrays, format="tfembsize.esapn_sizes")
+    return path
 
 
 def esapn_method(ctx: MethodContext) -> MethodOutput:

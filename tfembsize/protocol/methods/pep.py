@@ -38,6 +38,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from tfembsize.controllers.pep import PEPConfig
 from tfembsize.protocol.context import MethodContext, MethodOutput
 from tfembsize.protocol.registry import register_method
@@ -61,6 +63,8 @@ class PEPSettings:
         threshold_lr: Adam's rate for the thresholds (about the threshold's rise per step).
         threshold_l2: coupled L2 on the thresholds.
         rewind: ``"initial"`` (lottery ticket ``E0 * M``) or ``"fresh"`` for the retraining.
+        ticket: ``"entries"`` (the captured per-entry mask) or ``"prefix"`` (per-row
+            prefixes of the same counts) for the retraining.
     """
 
     max_steps: int = setting(PEPConfig.max_steps, help="PEP: cap on pruning steps")
@@ -74,6 +78,13 @@ class PEPSettings:
         help="PEP: coupled L2 on the thresholds",
     )
     rewind: str = setting(PEPConfig.rewind, help="PEP: 'initial' or 'fresh' retraining")
+    ticket: str = setting(
+        PEPConfig.ticket,
+        help=(
+            "PEP: what the retraining keeps: 'entries' (the captured mask) or 'prefix' "
+            "(each row's first k coordinates, k its captured count)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         PEPConfig(**dataclasses.asdict(self))  # PEPConfig's checks, with its messages
@@ -111,6 +122,24 @@ def _index_overhead(capture: Any) -> dict:
         "column_indices": int(capture.usable_params),
         "row_pointers": rows + len(capture.masks),
     }
+
+
+def _overlap(masks: Mapping[str, Any], split: Any, max_pairs: int = 200_000) -> dict | None:
+    """Kept coordinates shared by the training pairs' user and item rows, or None.
+
+    Measured on the captured masks (``entries``) over at most ``max_pairs`` training pairs
+    (the first ones, a fixed choice), beside what prefix masks of the same counts share.
+    """
+    from tfembsize.controllers.pep import mask_overlap
+
+    if "user_embedding" not in masks or "item_embedding" not in masks:
+        return None
+    users = np.asarray(split.train.users)[:max_pairs]
+    items = np.asarray(split.train.items)[:max_pairs]
+    um, im = masks["user_embedding"], masks["item_embedding"]
+    if um.shape[1] != im.shape[1]:
+        return None
+    return mask_overlap(um, im, users, items).to_dict()
 
 
 def pep_method(ctx: MethodContext) -> MethodOutput:
@@ -161,6 +190,8 @@ def pep_method(ctx: MethodContext) -> MethodOutput:
         "index_overhead": _index_overhead(capture),
         "selection": ctx.train_config.monitor if ctx.train_config is not None else None,
         "rewind": config.rewind,
+        "ticket": config.ticket,
+        "overlap": _overlap(capture.masks, ctx.split),
         "history_file": os.path.relpath(prune_state, ctx.root or ctx.directory),
     }
     logger.info(
