@@ -17,7 +17,13 @@ from typing import Any
 
 import tensorflow as tf
 
-__all__ = ["active_strategy", "check_strategy", "distribute_dataset", "distributed_chunk_runner"]
+__all__ = [
+    "active_strategy",
+    "check_strategy",
+    "collect_losses",
+    "distribute_dataset",
+    "distributed_chunk_runner",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +65,31 @@ def check_strategy(strategy: Any, hook: Any, refit: bool) -> None:
     del refit  # a refit trains like the first run; nothing strategy-specific
 
 
+def collect_losses(n: tf.Tensor, step: Any) -> tf.Tensor:
+    """The chunk loop of `train_bpr`: ``step(i) -> (loss, go)`` for ``i < n`` while ``go``.
+
+    Returns the losses of the steps taken, stacked (a ``tf.while_loop``, for use inside a
+    ``tf.function``).
+    """
+
+    def cond(i: tf.Tensor, go: tf.Tensor, losses: tf.TensorArray) -> tf.Tensor:
+        return tf.logical_and(i < n, go)
+
+    def body(
+        i: tf.Tensor, go: tf.Tensor, losses: tf.TensorArray
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.TensorArray]:
+        loss, go = step(i)
+        return i + 1, go, losses.write(i, loss)
+
+    init = (
+        tf.constant(0, tf.int32),
+        tf.constant(True),
+        tf.TensorArray(tf.float32, size=0, dynamic_size=True),
+    )
+    _, _, losses = tf.while_loop(cond, body, init)
+    return losses.stack()
+
+
 def distributed_chunk_runner(model: Any, strategy: Any) -> Any:
     """The compiled chunk loop of `train_bpr` with one ``strategy.run`` per optimiser step.
 
@@ -74,23 +105,12 @@ def distributed_chunk_runner(model: Any, strategy: Any) -> Any:
     def run(iterator: Any, n: tf.Tensor, start: tf.Tensor) -> tf.Tensor:
         del start
 
-        def cond(i: tf.Tensor, go: tf.Tensor, losses: tf.TensorArray) -> tf.Tensor:
-            return tf.logical_and(i < n, go)
-
-        def body(
-            i: tf.Tensor, go: tf.Tensor, losses: tf.TensorArray
-        ) -> tuple[tf.Tensor, tf.Tensor, tf.TensorArray]:
+        def step(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             per_replica = strategy.run(replica_step, args=(next(iterator),))
             loss = strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
-            return i + 1, tf.math.is_finite(loss), losses.write(i, loss)
+            return loss, tf.math.is_finite(loss)
 
-        init = (
-            tf.constant(0, tf.int32),
-            tf.constant(True),
-            tf.TensorArray(tf.float32, size=0, dynamic_size=True),
-        )
-        _, _, losses = tf.while_loop(cond, body, init)
-        return losses.stack()
+        return collect_losses(n, step)
 
     runner = tf.function(run, autograph=False)
     runner._omit_frequent_tracing_warning = True

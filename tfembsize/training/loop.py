@@ -26,6 +26,7 @@ from tfembsize.training.config import TrainConfig, default_config, monitor_value
 from tfembsize.training.distributed import (
     active_strategy,
     check_strategy,
+    collect_losses,
     distribute_dataset,
     distributed_chunk_runner,
 )
@@ -130,23 +131,11 @@ def _chunk_runner(model: Any, jit_compile: bool = False, hook: TrainingHook | No
     step = tf.function(one_step, jit_compile=True, autograph=autograph) if jit_compile else one_step
 
     def run(iterator: Any, n: tf.Tensor, start: tf.Tensor) -> tf.Tensor:
-        def cond(i: tf.Tensor, go: tf.Tensor, losses: tf.TensorArray) -> tf.Tensor:
-            return tf.logical_and(i < n, go)
-
-        def body(
-            i: tf.Tensor, go: tf.Tensor, losses: tf.TensorArray
-        ) -> tuple[tf.Tensor, tf.Tensor, tf.TensorArray]:
+        def one(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             loss, stop = step(iterator.get_next(), start + i + 1)
-            go = tf.logical_and(tf.math.is_finite(loss), tf.logical_not(stop))
-            return i + 1, go, losses.write(i, loss)
+            return loss, tf.logical_and(tf.math.is_finite(loss), tf.logical_not(stop))
 
-        init = (
-            tf.constant(0, tf.int32),
-            tf.constant(True),
-            tf.TensorArray(tf.float32, size=0, dynamic_size=True),
-        )
-        _, _, losses = tf.while_loop(cond, body, init)
-        return losses.stack()
+        return collect_losses(n, one)
 
     runner = tf.function(run, autograph=autograph)
     # Each new model (and, without XLA, each `train_bpr` call) traces its own loop, so
