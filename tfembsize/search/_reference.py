@@ -18,9 +18,24 @@ from tfembsize import _io
 from tfembsize.records import Feedback
 from tfembsize.training.weights import assign_weights, get_weights, load_weights, save_weights
 
-__all__ = ["ReferenceStore"]
+__all__ = ["ReferenceStore", "check_reference_arguments"]
 
 logger = logging.getLogger(__name__)
+
+
+def check_reference_arguments(seed: Any, reference: Any) -> None:
+    """Validates an environment's ``seed`` and ``reference`` arguments.
+
+    Raises:
+        TypeError: ``seed`` is not an integer, or ``reference`` is not a bool or a `Feedback`.
+        ValueError: ``reference`` is a failed `Feedback`.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"`seed` must be an integer. Received: seed={seed!r}")
+    if not isinstance(reference, (bool, Feedback)):
+        raise TypeError(f"`reference` must be True, False or a Feedback. Received: {reference!r}")
+    if isinstance(reference, Feedback) and not reference.ok:
+        raise ValueError("`reference` is a failed Feedback; it cannot be a denominator.")
 
 
 class ReferenceStore:
@@ -47,6 +62,35 @@ class ReferenceStore:
     _snapshot: list[np.ndarray] | None
     _steps_done: int
     seed: int
+
+    def reference(self) -> Feedback | None:
+        """The full-size model's validation feedback (implemented by the environment)."""
+        raise NotImplementedError
+
+    def _reference_known(self) -> bool:
+        """True when no reference training is needed: it is known, stored, or not wanted.
+
+        A reference found in a reference folder is loaded on the way.
+        """
+        if self._reference is not None or not self._want_reference:
+            return True
+        return any(self._load_reference(d) for d in self._reference_directories())
+
+    def snapshot(self) -> None:
+        """Stores the current weights (sizes included) in memory."""
+        self._snapshot = get_weights(self._model)
+
+    def restore(self) -> None:
+        """Restores the weights stored by `snapshot` (or the pretrained reference)."""
+        if self._snapshot is None:
+            if self._want_reference and self._reference is None:
+                self.reference()  # the pretraining stores the snapshot
+            if self._snapshot is None:
+                raise ValueError(
+                    "No snapshot to restore: call snapshot() first (or create the environment "
+                    "with reference=True so the pretrained model is the snapshot)."
+                )
+        assign_weights(self._model, self._snapshot)
 
     def attach(self, directory: str) -> None:
         """Stores the reference model in ``directory`` (and reloads one found there)."""

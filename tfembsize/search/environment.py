@@ -61,7 +61,7 @@ import numpy as np
 from tfembsize.layers.utils import find_searchable_layers, iter_layers, model_usage
 from tfembsize.plan import SizePlan
 from tfembsize.records import MODES, Feedback, Observation
-from tfembsize.search._reference import ReferenceStore
+from tfembsize.search._reference import ReferenceStore, check_reference_arguments
 from tfembsize.training.outcome import Outcome
 from tfembsize.training.plan_training import accepts_keyword, model_scorer, train_plan
 from tfembsize.training.weights import assign_weights, get_weights
@@ -320,14 +320,7 @@ class KerasEnvironment(ReferenceStore):
             raise TypeError(
                 f"`split` must be a tfembsize.data.Split. Received: {type(split).__name__}"
             )
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"`seed` must be an integer. Received: seed={seed!r}")
-        if not isinstance(reference, (bool, Feedback)):
-            raise TypeError(
-                f"`reference` must be True, False or a Feedback. Received: {reference!r}"
-            )
-        if isinstance(reference, Feedback) and not reference.ok:
-            raise ValueError("`reference` is a failed Feedback; it cannot be a denominator.")
+        check_reference_arguments(seed, reference)
         self.split = split
         if evaluator is None:
             from tfembsize.metrics import RankingEvaluator
@@ -463,11 +456,8 @@ class KerasEnvironment(ReferenceStore):
 
     def reference(self) -> Feedback | None:
         """The full-size model's validation feedback, trained on first use and cached."""
-        if self._reference is not None or not self._want_reference:
+        if self._reference_known():
             return self._reference
-        for directory in self._reference_directories():
-            if self._load_reference(directory):
-                return self._reference
         logger.info("Pretraining the full-size reference model.")
         t0 = time.perf_counter()
         self._seed_everything(self.seed - 1)
@@ -499,22 +489,6 @@ class KerasEnvironment(ReferenceStore):
             shutil.rmtree(checkpoint, ignore_errors=True)  # the reference files replace it
         logger.info("Reference model: validation quality %.5f.", self._reference.quality)
         return self._reference
-
-    def snapshot(self) -> None:
-        """Stores the current weights (sizes included) in memory."""
-        self._snapshot = get_weights(self._model)
-
-    def restore(self) -> None:
-        """Restores the weights stored by `snapshot` (or the pretrained reference)."""
-        if self._snapshot is None:
-            if self._want_reference and self._reference is None:
-                self.reference()  # pretraining stores the snapshot
-            if self._snapshot is None:
-                raise ValueError(
-                    "No snapshot to restore: call snapshot() first (or create the environment "
-                    "with reference=True so the pretrained model is the snapshot)."
-                )
-        assign_weights(self._model, self._snapshot)
 
     def step(
         self,

@@ -25,12 +25,13 @@ from tfembsize._keras import keras
 from tfembsize.layers.utils import find_searchable_layers, iter_layers
 from tfembsize.plan import SizePlan
 from tfembsize.records import MODES, Feedback, Observation
-from tfembsize.search._reference import ReferenceStore
+from tfembsize.search._reference import ReferenceStore, check_reference_arguments
 from tfembsize.search.entities import checked_frequencies, side_rows
 from tfembsize.search.environment import _build_searchable, _usable_params, infer_tables
 from tfembsize.search.evaluation import feedback_from_evaluation
 from tfembsize.search.fit_checkpoint import EpochCheckpoint
 from tfembsize.search.fit_checkpoint import optimizer_variables as _optimizer_variables
+from tfembsize.training.plan_training import weights_finite
 from tfembsize.training.weights import assign_weights, get_weights
 
 __all__ = ["FitEnvironment"]
@@ -38,14 +39,6 @@ __all__ = ["FitEnvironment"]
 logger = logging.getLogger(__name__)
 
 _RESERVED_FIT_KEYS = ("x", "y", "validation_split", "sample_weight")
-
-
-def _weights_finite(model: Any) -> bool:
-    for v in model.trainable_weights:
-        w = np.asarray(v.numpy())
-        if w.dtype.kind == "f" and not np.all(np.isfinite(w)):
-            return False
-    return True
 
 
 def _checked_verbose(verbose: Any) -> int:
@@ -220,14 +213,7 @@ class FitEnvironment(ReferenceStore):
                 "`evaluate` must be a function model -> quality or the name of a metric of "
                 f"model.evaluate. Received: {type(evaluate).__name__}"
             )
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"`seed` must be an integer. Received: seed={seed!r}")
-        if not isinstance(reference, (bool, Feedback)):
-            raise TypeError(
-                f"`reference` must be True, False or a Feedback. Received: {reference!r}"
-            )
-        if isinstance(reference, Feedback) and not reference.ok:
-            raise ValueError("`reference` is a failed Feedback; it cannot be a denominator.")
+        check_reference_arguments(seed, reference)
         self._build_model = build_model
         self._train_data = train_data
         self._evaluate_arg = evaluate
@@ -384,11 +370,8 @@ class FitEnvironment(ReferenceStore):
 
     def reference(self) -> Feedback | None:
         """The full-size model's validation feedback, trained on first use and cached."""
-        if self._reference is not None or not self._want_reference:
+        if self._reference_known():
             return self._reference
-        for directory in self._reference_directories():
-            if self._load_reference(directory):
-                return self._reference
         t0 = time.perf_counter()
         self._seed_everything(self.seed - 1)
         self._fresh_model()
@@ -441,22 +424,6 @@ class FitEnvironment(ReferenceStore):
         if not directories:
             return None
         return EpochCheckpoint(os.path.join(directories[0], "pretraining"), seed=self.seed)
-
-    def snapshot(self) -> None:
-        """Stores the current weights (sizes included) in memory."""
-        self._snapshot = get_weights(self._model)
-
-    def restore(self) -> None:
-        """Restores the weights stored by `snapshot` (or the pretrained reference)."""
-        if self._snapshot is None:
-            if self._want_reference and self._reference is None:
-                self.reference()  # the pretraining stores the snapshot
-            if self._snapshot is None:
-                raise ValueError(
-                    "No snapshot to restore: call snapshot() first (or create the environment "
-                    "with reference=True so the pretrained model is the snapshot)."
-                )
-        assign_weights(self._model, self._snapshot)
 
     def step(
         self,
@@ -598,7 +565,7 @@ class FitEnvironment(ReferenceStore):
         loss = losses[-1] if losses else None
         if loss is not None and not math.isfinite(loss):
             return steps, None, f"Training diverged: the loss is {loss}"
-        if not _weights_finite(self._model):
+        if not weights_finite(self._model):
             return steps, None, "Training diverged: the weights are not finite"
         return steps, loss, ""
 

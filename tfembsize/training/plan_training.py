@@ -26,7 +26,14 @@ from tfembsize.training.config import TrainConfig, default_config
 from tfembsize.training.loop import train_bpr
 from tfembsize.training.outcome import NonFiniteLossError, Outcome
 
-__all__ = ["accepts_keyword", "model_scorer", "resolve_config", "steps_per_epoch", "train_plan"]
+__all__ = [
+    "accepts_keyword",
+    "model_scorer",
+    "resolve_config",
+    "steps_per_epoch",
+    "train_plan",
+    "weights_finite",
+]
 
 
 def steps_per_epoch(split: Any, batch_size: int) -> int:
@@ -110,7 +117,8 @@ def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
-def _weights_finite(model: Any) -> bool:
+def weights_finite(model: Any) -> bool:
+    """Whether every floating-point trainable weight of ``model`` is finite."""
     for v in model.trainable_weights:
         w = np.asarray(v.numpy())
         if w.dtype.kind == "f" and not np.all(np.isfinite(w)):
@@ -188,7 +196,7 @@ def train_plan(
             model=model,
         )
     loss = getattr(result, "final_loss", None)
-    finite = _weights_finite(model) and (loss is None or math.isfinite(float(loss)))
+    finite = weights_finite(model) and (loss is None or math.isfinite(float(loss)))
     validation = result.validation
     if finite and (validation is None or not config.restore_best):
         # the weights kept are the last ones: score them
