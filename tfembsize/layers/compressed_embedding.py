@@ -23,7 +23,7 @@ from tfembsize.layers._packing import unpack_uint as unpack_uint  # re-export
 from tfembsize.layers.packed_table import KINDS, PackedTable, pack_layer, pack_table
 from tfembsize.layers.packed_table import POSITIONS as POSITIONS  # re-export
 from tfembsize.layers.packed_table import merge_classes as merge_classes  # re-export
-from tfembsize.layers.utils import EmbeddingOutputsMixin, check_ids_in_range, validate_dim
+from tfembsize.layers.utils import EmbeddingOutputsMixin, integer_ids, validate_dim
 
 __all__ = ["CompressedEmbedding", "PackedTable", "pack_table", "KINDS"]
 
@@ -328,11 +328,7 @@ class CompressedEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
         return self._lookup(inputs)
 
     def _lookup(self, inputs: Any) -> tf.Tensor:
-        ids = tf.convert_to_tensor(inputs)
-        if ids.dtype not in (tf.int32, tf.int64):
-            ids = tf.cast(ids, tf.int32)
-        # Checked before the cast to int32: an int64 id such as 2**32 would wrap to 0.
-        ids = check_ids_in_range(ids, self.input_dim, self.name)
+        ids = integer_ids(inputs, self.input_dim, self.name)
         if ids.dtype != tf.int32:
             ids = tf.cast(ids, tf.int32)
         flat = tf.reshape(ids, [-1])

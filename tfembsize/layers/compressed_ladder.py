@@ -22,7 +22,7 @@ from tfembsize._keras import is_legacy_keras, keras, register_serializable
 from tfembsize.layers.compressed_embedding import CompressedEmbedding
 from tfembsize.layers.ladder_embedding import LadderEmbedding, LadderOverhead, _validate_ladder
 from tfembsize.layers.packed_table import PackedTable, pack_table
-from tfembsize.layers.utils import EmbeddingOutputsMixin, check_ids_in_range, validate_dim
+from tfembsize.layers.utils import EmbeddingOutputsMixin, integer_ids, validate_dim
 
 __all__ = ["CompressedLadderEmbedding", "pack_ladder"]
 
@@ -235,10 +235,7 @@ class CompressedLadderEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
         return self._lookup(inputs)
 
     def _lookup(self, inputs: Any) -> tf.Tensor:
-        ids = tf.convert_to_tensor(inputs)
-        if ids.dtype not in (tf.int32, tf.int64):
-            ids = tf.cast(ids, tf.int32)
-        ids = check_ids_in_range(ids, self.input_dim, self.name)
+        ids = integer_ids(inputs, self.input_dim, self.name)
         if ids.dtype != tf.int32:
             ids = tf.cast(ids, tf.int32)
         flat = tf.reshape(ids, [-1])

@@ -13,9 +13,9 @@ from tfembsize._batch_norm import batch_norm
 from tfembsize._keras import keras, register_serializable
 from tfembsize.layers.utils import (
     EmbeddingOutputsMixin,
-    check_ids_in_range,
     embedding_base_kwargs,
     gather_rows,
+    integer_ids,
     set_embedding_arguments,
     validate_dim,
 )
@@ -351,10 +351,7 @@ class LadderEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
             A boolean tensor shaped like ``ids``: True where the row moved up.
         """
         self._ensure_built()
-        ids = tf.convert_to_tensor(ids)
-        if ids.dtype not in (tf.int32, tf.int64):
-            ids = tf.cast(ids, tf.int32)
-        ids = check_ids_in_range(ids, self.input_dim, self.name)
+        ids = integer_ids(ids, self.input_dim, self.name)
         flat = tf.reshape(ids, [-1])
         index = flat[:, None]
         old = tf.gather(tf.convert_to_tensor(self._rungs), flat)
@@ -421,10 +418,7 @@ class LadderEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
         return z
 
     def _lookup(self, inputs: Any, training: Any) -> tf.Tensor:
-        ids = tf.convert_to_tensor(inputs)
-        if ids.dtype not in (tf.int32, tf.int64):
-            ids = tf.cast(ids, tf.int32)
-        ids = check_ids_in_range(ids, self.input_dim, self.name)
+        ids = integer_ids(inputs, self.input_dim, self.name)
         flat = tf.reshape(ids, [-1])
         weights = tf.cast(tf.not_equal(flat, 0), tf.float32) if self.mask_zero else None
         if not self.trainable:  # as BatchNormalization: a frozen layer normalises as in inference

@@ -11,9 +11,9 @@ import tensorflow as tf
 from tfembsize._keras import keras, register_serializable
 from tfembsize.layers.utils import (
     EmbeddingOutputsMixin,
-    check_ids_in_range,
     embedding_base_kwargs,
     gather_rows,
+    integer_ids,
     set_embedding_arguments,
     validate_dim,
 )
@@ -227,10 +227,7 @@ class MaskedEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
         return self._lookup(inputs)
 
     def _lookup(self, inputs: Any) -> tf.Tensor:
-        ids = tf.convert_to_tensor(inputs)
-        if ids.dtype not in (tf.int32, tf.int64):
-            ids = tf.cast(ids, tf.int32)
-        ids = check_ids_in_range(ids, self.input_dim, self.name)
+        ids = integer_ids(inputs, self.input_dim, self.name)
         rows = gather_rows(self.embeddings, ids)
         sizes = gather_rows(self._sizes, ids)
         # Row d of `prefixes` is the mask of size d. Gathering it writes the [..., output_dim]

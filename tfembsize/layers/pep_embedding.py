@@ -30,9 +30,9 @@ from tfembsize.layers._soft_threshold import (
 )
 from tfembsize.layers.utils import (
     EmbeddingOutputsMixin,
-    check_ids_in_range,
     embedding_base_kwargs,
     gather_rows,
+    integer_ids,
     iter_layers,
     set_embedding_arguments,
     validate_dim,
@@ -286,10 +286,7 @@ class PEPEmbedding(EmbeddingOutputsMixin, keras.layers.Layer):
         return self._lookup(inputs)
 
     def _lookup(self, inputs: Any) -> tf.Tensor:
-        ids = tf.convert_to_tensor(inputs)
-        if ids.dtype not in (tf.int32, tf.int64):
-            ids = tf.cast(ids, tf.int32)
-        ids = check_ids_in_range(ids, self.input_dim, self.name)
+        ids = integer_ids(inputs, self.input_dim, self.name)
         rows = gather_rows(self.embeddings, ids)
         if self.granularity in ("feature", "feature_dimension"):
             s = gather_rows(self.threshold, ids)

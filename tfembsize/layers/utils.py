@@ -16,6 +16,7 @@ __all__ = [
     "embedding_base_kwargs",
     "set_embedding_arguments",
     "find_searchable_layers",
+    "integer_ids",
     "check_ids_in_range",
     "ids_out_of_range_message",
     "validate_dim",
@@ -81,6 +82,30 @@ def ids_out_of_range_message(layer_name: str, input_dim: int, bad_id: Any = None
     # Backticks, not quotes: the graph-mode Assert escapes quotes when it prints the message.
     msg = f"Layer `{layer_name}`: ids must be in [0, input_dim={input_dim}). Received id"
     return msg if bad_id is None else f"{msg} {bad_id}."
+
+
+def integer_ids(inputs: Any, input_dim: int, layer_name: str) -> tf.Tensor:
+    """A layer's lookup ids as an integer tensor, checked to lie in ``[0, input_dim)``.
+
+    ``inputs`` is converted to a tensor; int32 and int64 ids keep their dtype (the range is
+    checked before any narrowing cast, so an int64 id such as 2**32 cannot wrap to 0), any
+    other dtype is cast to int32. See `check_ids_in_range` for the check.
+
+    Args:
+        inputs: ids of any shape (a tensor, array or nested list).
+        input_dim: number of rows of the table.
+        layer_name: name used in the error message.
+
+    Returns:
+        The checked int32 or int64 ids.
+
+    Raises:
+        tf.errors.InvalidArgumentError: eagerly, when an id is negative or >= ``input_dim``.
+    """
+    ids = tf.convert_to_tensor(inputs)
+    if ids.dtype not in (tf.int32, tf.int64):
+        ids = tf.cast(ids, tf.int32)
+    return check_ids_in_range(ids, input_dim, layer_name)
 
 
 def check_ids_in_range(ids: tf.Tensor, input_dim: int, layer_name: str) -> tf.Tensor:
