@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tfembsize.layers.masked_embedding as masked_module
 from tfembsize._keras import is_legacy_keras, keras, register_serializable
 from tfembsize.layers import (
     BudgetedEmbedding,
@@ -19,6 +18,7 @@ from tfembsize.layers import (
     PEPEmbedding,
     ids_out_of_range_message,
 )
+from tfembsize.layers import utils as layer_utils
 from tfembsize.layers.utils import check_ids_in_range
 from tfembsize.testing import (
     LayerContract,
@@ -168,7 +168,10 @@ def test_module_example_runs():
 
 # The contract catches broken layers ------------------------------------------------------------
 def _planted_off_by_one(ids, input_dim, layer_name):
-    """`check_ids_in_range` with the graph-mode bound written as ``hi <= limit``."""
+    """`check_ids_in_range` with the graph-mode bound written as ``hi <= limit``.
+
+    Planted where the layers' `integer_ids` looks it up (`tfembsize.layers.utils`).
+    """
     if tf.executing_eagerly():
         return check_ids_in_range(ids, input_dim, layer_name)
     lo, hi = tf.reduce_min(ids), tf.reduce_max(ids)
@@ -180,13 +183,13 @@ def _planted_off_by_one(ids, input_dim, layer_name):
 
 
 def test_id_boundary_catches_an_off_by_one_graph_check(monkeypatch):
-    monkeypatch.setattr(masked_module, "check_ids_in_range", _planted_off_by_one)
+    monkeypatch.setattr(layer_utils, "check_ids_in_range", _planted_off_by_one)
     with pytest.raises(AssertionError, match=r"in a tf\.function: int32 id 10 \(input_dim=10\)"):
         check_id_boundary(MaskedEmbedding, {"input_dim": 10, "output_dim": 4}, input_data=IDS)
 
 
 def test_id_boundary_catches_a_missing_check(monkeypatch):
-    monkeypatch.setattr(masked_module, "check_ids_in_range", lambda ids, n, name: ids)
+    monkeypatch.setattr(layer_utils, "check_ids_in_range", lambda ids, n, name: ids)
     # On CPU the gather complains by itself; that is not the layer's own error.
     with pytest.raises(AssertionError, match="without the layer's own out-of-range message"):
         check_id_boundary(MaskedEmbedding, {"input_dim": 10, "output_dim": 4}, input_data=IDS)
@@ -194,7 +197,7 @@ def test_id_boundary_catches_a_missing_check(monkeypatch):
 
 def test_id_boundary_catches_a_rejected_valid_id(monkeypatch):
     monkeypatch.setattr(
-        masked_module,
+        layer_utils,
         "check_ids_in_range",
         lambda ids, n, name: check_ids_in_range(ids, n - 1, name),
     )
