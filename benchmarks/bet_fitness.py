@@ -43,7 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import command, machine, now, protocol_context, spearman, write_results  # noqa: E402
-from prefix_landscape import family  # noqa: E402
+from prefix_landscape import family, grid_of  # noqa: E402
 
 STARTS = ("full", "scratch")
 
@@ -113,8 +113,14 @@ def main(argv: list[str] | None = None) -> None:
         )
         obs = ctx.observation()
         limit = Budget(sparsity=c, d_max=obs.d_max).max_params_for(obs.num_rows)
+        shares, alphas = grid_of(list(truth))
         members = family(
-            obs.user_frequencies.astype(float), obs.item_frequencies.astype(float), limit, obs.d_max
+            obs.user_frequencies.astype(float),
+            obs.item_frequencies.astype(float),
+            limit,
+            obs.d_max,
+            shares=shares,
+            alphas=alphas,
         )
         names = [n for n in members if n in truth]
         path = Path(args.work_dir, f"fitness_c{key}.jsonl")

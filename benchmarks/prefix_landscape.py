@@ -79,13 +79,20 @@ def fill_to(weights: np.ndarray, total: int, d_max: int) -> np.ndarray:
     return sizes
 
 
-def family(fu: np.ndarray, fi: np.ndarray, limit: int, d_max: int) -> dict[str, Any]:
+def family(
+    fu: np.ndarray,
+    fi: np.ndarray,
+    limit: int,
+    d_max: int,
+    shares: tuple[str, ...] = SHARES,
+    alphas: tuple[float, ...] = ALPHAS,
+) -> dict[str, Any]:
     """The designed allocations ``name -> (user sizes, item sizes)`` within ``limit``."""
     nu, ni = fu.size, fi.size
     members: dict[str, Any] = {}
-    for share in SHARES:
+    for share in shares:
         s = nu / (nu + ni) if share == "natural" else float(share)
-        for a in ALPHAS:
+        for a in alphas:
             users = int(np.floor(s * limit))
             members[f"share={share} alpha={a:g}"] = (
                 fill_to((fu + 1.0) ** a, users, d_max),
@@ -111,6 +118,19 @@ def family(fu: np.ndarray, fi: np.ndarray, limit: int, d_max: int) -> dict[str, 
         assert total <= limit, (name, total, limit)
         assert u.min() >= 1 and i.min() >= 1 and max(u.max(), i.max()) <= d_max, name
     return members
+
+
+def grid_of(names: list[str]) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The ``share=s alpha=a`` grid (shares, alphas) that produced the member ``names``, in
+    the order `family` uses by default, so a later script rebuilds the same allocations."""
+    shares, alphas = [], []
+    for name in names:
+        if name.startswith("share="):
+            s, a = name.split()
+            shares.append(s.split("=", 1)[1])
+            alphas.append(float(a.split("=", 1)[1]))
+    order_s = [x for x in SHARES if x in shares] + sorted(set(shares) - set(SHARES))
+    return tuple(order_s), tuple(sorted(set(alphas)))
 
 
 def es_band(cells: list[str], c: float) -> dict[str, Any]:
@@ -148,6 +168,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--patience", type=int, default=None)
     p.add_argument("--only", default="", help="comma-separated member names (default: all)")
+    p.add_argument(
+        "--shares",
+        default=",".join(SHARES),
+        help="users' budget shares of the share/alpha family ('natural': the users' row share)",
+    )
+    p.add_argument(
+        "--alphas",
+        default=",".join(f"{a:g}" for a in ALPHAS),
+        help="frequency exponents of the share/alpha family",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from tfembsize.budget import Budget
@@ -182,7 +212,14 @@ def main(argv: list[str] | None = None) -> None:
         limit = Budget(sparsity=c, d_max=d_max).max_params_for(obs.num_rows)
         fu = np.asarray(obs.user_frequencies, np.float64)
         fi = np.asarray(obs.item_frequencies, np.float64)
-        members = family(fu, fi, limit, d_max)
+        members = family(
+            fu,
+            fi,
+            limit,
+            d_max,
+            shares=tuple(x for x in args.shares.split(",") if x),
+            alphas=tuple(float(x) for x in args.alphas.split(",") if x),
+        )
         if args.only:
             members = {k: v for k, v in members.items() if k in args.only.split(",")}
         path = Path(args.work_dir, f"prefix_landscape_c{c:g}.jsonl")
