@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         out["episodes"], out["archive"], out["settings"] = rows, archive, settings
         png = RESULTS / f"{args.name}_curves.png"
         try:
-            _plot(rows, png, f"CIESS search, {out['dataset']} {out['backbone']}")
+            _plot(rows, png, f"{args.method} search, {out['dataset']} {out['backbone']}")
             out["curves_png"] = png.name
         except ImportError:
             logger.warning("matplotlib is not installed: no PNG (pip install tfembsize[plots]).")
@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{statistics.mean(x['ndcg@20'] for x in mine):.4f}"
             if mine
             else "missed"
+            if any(k.startswith(f"{args.method}__c{key}__") for k in out["missed"])
+            else "not run"
         )
         es = row["es"]
         es_t = ", ".join(f"{x['recall@20']:.4f}" for x in es) or "—"
