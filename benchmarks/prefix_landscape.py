@@ -169,6 +169,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--patience", type=int, default=None)
     p.add_argument("--only", default="", help="comma-separated member names (default: all)")
     p.add_argument(
+        "--name",
+        default="",
+        help="results file stem (default: prefix_landscape_<dataset>_<backbone>)",
+    )
+    p.add_argument(
         "--shares",
         default=",".join(SHARES),
         help="users' budget shares of the share/alpha family ('natural': the users' row share)",
@@ -305,9 +310,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{best['members_retrained']} of {best['members_designed']} members retrained.",
             "",
         ]
-    write_results(
-        f"prefix_landscape_{args.dataset}_{args.backbone}", result, "\n".join(lines) + "\n"
-    )
+    name = args.name or f"prefix_landscape_{args.dataset}_{args.backbone}"
+    write_results(name, result, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
