@@ -1,6 +1,5 @@
 """CIESS in the paper protocol: one shared search, top-l retraining, missed targets, work dir."""
 
-import dataclasses
 import json
 import os
 
@@ -136,11 +135,10 @@ def test_ciess_beats_random_sizes_on_ml_100k(tmp_path, data_dir):
             "--dataset", "ml-100k", "--backbone", "mf", "--methods", "mr,ciess",
             "--sparsity", "0.8", "--seeds", "1", "--jit-compile",
             "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"),
+            "--data-dir", str(data_dir),
         ]
     )  # fmt: skip
-    config = cli.build_config(args)
-    config = dataclasses.replace(config, data_dir=str(data_dir))
-    report = run_protocol(config, verbose=0)
+    report = run_protocol(cli.build_config(args), verbose=0)
     cells = {c.method: c for c in report.cells}
     ciess, mr = cells["ciess"], cells["mr"]
     limit = Budget(sparsity=0.8, d_max=128).max_params_for(ciess.num_rows)
